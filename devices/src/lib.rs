@@ -1,0 +1,12 @@
+//! Userspace devices of splitvm: the I/O APIC, legacy platform devices and
+//! the test devices used by micro-guests and kvm-unit-tests.
+//!
+//! Devices never panic on guest-controlled input: out-of-range accesses are
+//! ignored on write and read as all-ones (or zero where hardware does so).
+
+pub mod bus;
+pub mod interrupt;
+pub mod ioapic;
+
+pub use bus::{Bus, BusDevice, BusError};
+pub use interrupt::{InterruptError, IrqLine, MsiMessage, MsiRouting};
