@@ -7,6 +7,7 @@
 pub mod bus;
 pub mod interrupt;
 pub mod ioapic;
+pub mod pit;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use interrupt::{InterruptError, IrqLine, MsiMessage, MsiRouting};

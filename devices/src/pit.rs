@@ -1,0 +1,1 @@
+//! Intel 8254 programmable interval timer (placeholder; being written).
