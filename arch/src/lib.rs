@@ -1,1 +1,11 @@
+//! x86_64 guest setup for splitvm: memory layout, CPUID, boot registers,
+//! descriptor tables and page tables, and the boot protocols.
 
+pub mod cpuid;
+pub mod gdt;
+pub mod layout;
+pub mod multiboot;
+pub mod paging;
+pub mod regs;
+
+pub use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap};
