@@ -5,9 +5,15 @@
 //! ignored on write and read as all-ones (or zero where hardware does so).
 
 pub mod bus;
+pub mod control;
+pub mod fwcfg;
 pub mod interrupt;
 pub mod ioapic;
+pub mod legacy;
 pub mod pit;
+pub mod serial;
+pub mod testdev;
 
 pub use bus::{Bus, BusDevice, BusError};
+pub use control::{ExitReason, VmControl};
 pub use interrupt::{InterruptError, IrqLine, MsiMessage, MsiRouting};
