@@ -1,1 +1,37 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use splitvm::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            }
+            // One line, no usage dump.
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid arguments");
+            eprintln!("splitvm: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Run(args) => match splitvm::vmm::run(&args) {
+            Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("splitvm: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}

@@ -25,6 +25,7 @@ pub enum BusError {
 
 struct Entry {
     len: u64,
+    offset_base: u64,
     index: usize,
     device: Arc<Mutex<dyn BusDevice>>,
 }
@@ -49,10 +50,26 @@ impl Bus {
         len: u64,
         device: Arc<Mutex<dyn BusDevice>>,
     ) -> Result<usize, BusError> {
+        self.insert_with_offset(name, base, len, device, 0)
+    }
+
+    /// Like [`Bus::insert`], but the device sees offsets starting at
+    /// `offset_base` (one device answering at scattered ports, e.g. the
+    /// i8042 at 0x60 and 0x64).
+    pub fn insert_with_offset(
+        &mut self,
+        name: &str,
+        base: u64,
+        len: u64,
+        device: Arc<Mutex<dyn BusDevice>>,
+        offset_base: u64,
+    ) -> Result<usize, BusError> {
         if len == 0 {
             return Err(BusError::Empty(base));
         }
-        let end = base.checked_add(len).ok_or(BusError::Overlap { base, len })?;
+        let end = base
+            .checked_add(len)
+            .ok_or(BusError::Overlap { base, len })?;
         if let Some((b, e)) = self.ranges.range(..end).next_back() {
             if b + e.len > base {
                 return Err(BusError::Overlap { base, len });
@@ -65,7 +82,15 @@ impl Bus {
                 self.names.len() - 1
             }
         };
-        self.ranges.insert(base, Entry { len, index, device });
+        self.ranges.insert(
+            base,
+            Entry {
+                len,
+                offset_base,
+                index,
+                device,
+            },
+        );
         Ok(index)
     }
 
@@ -88,14 +113,14 @@ impl Bus {
     /// (then `data` is left untouched: the caller fills all-ones).
     pub fn read(&self, addr: u64, data: &mut [u8]) -> Option<usize> {
         let (base, e) = self.find(addr)?;
-        lock(&e.device).read(addr - base, data);
+        lock(&e.device).read(addr - base + e.offset_base, data);
         Some(e.index)
     }
 
     /// Dispatch a write. Returns the device index, or `None` if unclaimed.
     pub fn write(&self, addr: u64, data: &[u8]) -> Option<usize> {
         let (base, e) = self.find(addr)?;
-        lock(&e.device).write(addr - base, data);
+        lock(&e.device).write(addr - base + e.offset_base, data);
         Some(e.index)
     }
 }
@@ -117,7 +142,8 @@ mod tests {
     #[test]
     fn access_inside_range_reaches_device_with_offset() {
         let mut bus = Bus::new();
-        bus.insert("r", 0x100, 8, Arc::new(Mutex::new(Reg(10)))).unwrap();
+        bus.insert("r", 0x100, 8, Arc::new(Mutex::new(Reg(10))))
+            .unwrap();
         let mut d = [0u8; 1];
         assert_eq!(bus.read(0x103, &mut d), Some(0));
         assert_eq!(d[0], 13);
@@ -129,7 +155,8 @@ mod tests {
     #[test]
     fn access_outside_any_range_is_unclaimed() {
         let mut bus = Bus::new();
-        bus.insert("r", 0x100, 8, Arc::new(Mutex::new(Reg(0)))).unwrap();
+        bus.insert("r", 0x100, 8, Arc::new(Mutex::new(Reg(0))))
+            .unwrap();
         let mut d = [0u8; 1];
         assert_eq!(bus.read(0x108, &mut d), None);
         assert_eq!(bus.read(0xff, &mut d), None);
@@ -138,17 +165,38 @@ mod tests {
     #[test]
     fn overlapping_ranges_are_refused() {
         let mut bus = Bus::new();
-        bus.insert("a", 0x100, 8, Arc::new(Mutex::new(Reg(0)))).unwrap();
-        assert!(bus.insert("b", 0x107, 2, Arc::new(Mutex::new(Reg(0)))).is_err());
-        assert!(bus.insert("c", 0xf8, 9, Arc::new(Mutex::new(Reg(0)))).is_err());
-        assert!(bus.insert("d", 0x108, 1, Arc::new(Mutex::new(Reg(0)))).is_ok());
+        bus.insert("a", 0x100, 8, Arc::new(Mutex::new(Reg(0))))
+            .unwrap();
+        assert!(bus
+            .insert("b", 0x107, 2, Arc::new(Mutex::new(Reg(0))))
+            .is_err());
+        assert!(bus
+            .insert("c", 0xf8, 9, Arc::new(Mutex::new(Reg(0))))
+            .is_err());
+        assert!(bus
+            .insert("d", 0x108, 1, Arc::new(Mutex::new(Reg(0))))
+            .is_ok());
+    }
+
+    #[test]
+    fn offset_base_shifts_offsets_seen_by_device() {
+        let mut bus = Bus::new();
+        bus.insert_with_offset("k", 0x64, 1, Arc::new(Mutex::new(Reg(0))), 4)
+            .unwrap();
+        let mut d = [0u8; 1];
+        bus.read(0x64, &mut d);
+        assert_eq!(d[0], 4);
     }
 
     #[test]
     fn one_name_registered_twice_shares_an_index() {
         let mut bus = Bus::new();
-        let a = bus.insert("pic", 0x20, 2, Arc::new(Mutex::new(Reg(0)))).unwrap();
-        let b = bus.insert("pic", 0xa0, 2, Arc::new(Mutex::new(Reg(0)))).unwrap();
+        let a = bus
+            .insert("pic", 0x20, 2, Arc::new(Mutex::new(Reg(0))))
+            .unwrap();
+        let b = bus
+            .insert("pic", 0xa0, 2, Arc::new(Mutex::new(Reg(0))))
+            .unwrap();
         assert_eq!(a, b);
     }
 }

@@ -1,0 +1,138 @@
+//! Command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "splitvm",
+    version,
+    about = "KVM microVMs with a split irqchip: LAPIC in the kernel, I/O APIC and MSI routing in userspace"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Boot a guest and run it until it stops.
+    Run(RunArgs),
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// Multiboot header, else ELF vmlinux, else bzImage.
+    Auto,
+    /// Multiboot v1 (ELF32/ELF64 with a multiboot header, or a.out kludge).
+    Multiboot,
+    /// Linux ELF vmlinux.
+    Elf,
+    /// Linux bzImage.
+    Bzimage,
+    /// Flat binary loaded at --load-addr, started at --entry.
+    Raw,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryMode {
+    /// 64-bit long mode, first 4 GiB identity-mapped.
+    #[value(name = "64")]
+    Long,
+    /// 32-bit protected mode, paging off.
+    #[value(name = "32")]
+    Protected,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Guest kernel image.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initial ramdisk (Linux) or module (multiboot).
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STRING", default_value = "")]
+    pub cmdline: String,
+    /// Number of vCPUs (vCPU id = APIC ID).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: u32,
+    /// Guest RAM, e.g. 128M, 1G.
+    #[arg(long, value_name = "SIZE", default_value = "128M")]
+    pub memory: String,
+    /// Where the guest's serial console goes: stdout, none or file:PATH.
+    #[arg(long, value_name = "DEST", default_value = "stdout")]
+    pub serial: String,
+    /// Add the test devices (isa-debug-exit, pc-testdev, fw_cfg, MSI test port).
+    #[arg(long)]
+    pub test_devices: bool,
+    /// Print the exit report table on stderr when the VM stops.
+    #[arg(long)]
+    pub stats: bool,
+    /// Write the exit report as JSON (docs/stats-schema.md).
+    #[arg(long, value_name = "PATH")]
+    pub stats_json: Option<PathBuf>,
+    /// How to read --kernel.
+    #[arg(long, value_enum, default_value_t = KernelFormat::Auto)]
+    pub kernel_format: KernelFormat,
+    /// Entry point for --kernel-format raw (hex with 0x, or decimal).
+    #[arg(long, value_name = "ADDR", value_parser = parse_u64)]
+    pub entry: Option<u64>,
+    /// Load address for --kernel-format raw.
+    #[arg(long, value_name = "ADDR", value_parser = parse_u64, default_value = "0x100000")]
+    pub load_addr: u64,
+    /// CPU mode at the raw entry point.
+    #[arg(long, value_enum, default_value_t = EntryMode::Long)]
+    pub entry_mode: EntryMode,
+    /// Stop the VM after this many seconds (exit status 6).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Progress line on stderr while the guest runs: auto (when stderr is a terminal), always, never.
+    #[arg(long, value_name = "WHEN", default_value = "auto")]
+    pub progress: String,
+}
+
+pub fn parse_u64(s: &str) -> Result<u64, String> {
+    let r = if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        u64::from_str_radix(&h.replace('_', ""), 16)
+    } else {
+        s.replace('_', "").parse()
+    };
+    r.map_err(|_| format!("'{s}' is not a number"))
+}
+
+/// Parse "128M", "1G", "65536", "512K" into bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 1u64 << 10),
+        (i, 'M' | 'm') => (&s[..i], 1 << 20),
+        (i, 'G' | 'g') => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_accept_k_m_g_suffixes() {
+        assert_eq!(parse_size("128M"), Some(128 << 20));
+        assert_eq!(parse_size("1g"), Some(1 << 30));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("12X"), None);
+        assert_eq!(parse_size(""), None);
+        assert_eq!(parse_size("99999999999999G"), None);
+    }
+
+    #[test]
+    fn numbers_accept_hex_and_decimal() {
+        assert_eq!(parse_u64("0x100000"), Ok(0x100000));
+        assert_eq!(parse_u64("4096"), Ok(4096));
+        assert!(parse_u64("zz").is_err());
+    }
+}

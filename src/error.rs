@@ -1,0 +1,56 @@
+//! Errors a user can meet, each printed as one line.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open /dev/kvm: {0}")]
+    KvmOpen(String),
+    #[error("/dev/kvm speaks KVM API version {0}, splitvm needs 12")]
+    KvmApiVersion(i32),
+    #[error("this host's KVM lacks {0}, which splitvm needs")]
+    MissingCapability(&'static str),
+    #[error("KVM refused {what}: {err}")]
+    Kvm {
+        what: &'static str,
+        err: kvm_ioctls::Error,
+    },
+    #[error("--cpus must be between 1 and {max}, not {got}")]
+    Cpus { got: u32, max: u32 },
+    #[error("bad memory size '{0}': use a number with an optional K, M or G suffix, e.g. 128M")]
+    MemorySyntax(String),
+    #[error("memory size {got} MiB is too small: splitvm needs at least {min} MiB")]
+    MemoryTooSmall { got: u64, min: u64 },
+    #[error("memory size {got} MiB is more than this host has ({host} MiB)")]
+    MemoryTooLarge { got: u64, host: u64 },
+    #[error("cannot allocate guest memory: {0}")]
+    GuestMemory(String),
+    #[error("cannot read {what} '{path}': {err}")]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        err: std::io::Error,
+    },
+    #[error("kernel '{0}' is not a format splitvm can boot (multiboot, ELF vmlinux, bzImage; use --kernel-format raw for a flat binary)")]
+    UnknownFormat(PathBuf),
+    #[error("kernel '{path}': {msg}")]
+    Load { path: PathBuf, msg: String },
+    #[error("--entry is required with --kernel-format raw")]
+    RawNeedsEntry,
+    #[error("bad --serial '{0}': use stdout, none or file:PATH")]
+    SerialSyntax(String),
+    #[error("cannot set up {what}: {msg}")]
+    Setup { what: &'static str, msg: String },
+    #[error("cannot write {what} '{path}': {err}")]
+    Output {
+        what: &'static str,
+        path: PathBuf,
+        err: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |err| Error::Kvm { what, err }
+}

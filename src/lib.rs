@@ -1,0 +1,10 @@
+//! splitvm: a KVM VMM whose vCPUs run with a split irqchip. The local APIC
+//! stays in KVM; the I/O APIC and all MSI routing live in userspace.
+
+pub mod cli;
+pub mod error;
+pub mod loader;
+pub mod stats;
+pub mod vcpu;
+pub mod vm;
+pub mod vmm;

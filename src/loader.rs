@@ -1,0 +1,157 @@
+//! Choosing a boot protocol and loading the guest.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use arch::layout::{self, BOOT_STACK_POINTER, HIGH_MEMORY_START};
+use arch::multiboot;
+use arch::regs::EntryMode;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::cli::{self, KernelFormat, RunArgs};
+use crate::error::{Error, Result};
+use crate::vcpu::BootState;
+
+/// What the loader found, for the report and for platform setup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Multiboot,
+    Linux,
+    Raw,
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>> {
+    let mut f = File::open(path).map_err(|err| Error::File {
+        what,
+        path: path.to_path_buf(),
+        err,
+    })?;
+    let mut v = Vec::new();
+    f.read_to_end(&mut v).map_err(|err| Error::File {
+        what,
+        path: path.to_path_buf(),
+        err,
+    })?;
+    Ok(v)
+}
+
+fn is_elf(b: &[u8]) -> bool {
+    b.starts_with(b"\x7fELF")
+}
+
+fn is_bzimage(b: &[u8]) -> bool {
+    b.get(0x202..0x206) == Some(b"HdrS")
+}
+
+/// Decide the format of `image` for `--kernel-format auto`.
+pub fn detect(image: &[u8]) -> Option<KernelFormat> {
+    if multiboot::is_multiboot(image) {
+        Some(KernelFormat::Multiboot)
+    } else if is_elf(image) {
+        Some(KernelFormat::Elf)
+    } else if is_bzimage(image) {
+        Some(KernelFormat::Bzimage)
+    } else {
+        None
+    }
+}
+
+/// Load the guest named by `args`; returns the boot vCPU state.
+pub fn load(args: &RunArgs, mem: &GuestMemoryMmap, mem_size: u64) -> Result<(BootState, Protocol)> {
+    let image = read_file("kernel", &args.kernel)?;
+    let format = match args.kernel_format {
+        KernelFormat::Auto => {
+            detect(&image).ok_or_else(|| Error::UnknownFormat(args.kernel.clone()))?
+        }
+        f => f,
+    };
+    let load_err = |msg: String| Error::Load {
+        path: args.kernel.clone(),
+        msg,
+    };
+    let below_4g = mem_size.min(layout::MMIO_HOLE_START);
+    let above_4g = mem_size - below_4g;
+    match format {
+        KernelFormat::Multiboot => {
+            let loaded = multiboot::load(mem, &image).map_err(|e| load_err(e.to_string()))?;
+            let initrd = match &args.initrd {
+                Some(p) => Some(read_file("initrd", p)?),
+                None => None,
+            };
+            let module_addr = (loaded.end + 0xfff) & !0xfff;
+            let ebx = multiboot::write_info(
+                mem,
+                below_4g,
+                above_4g,
+                &args.cmdline,
+                initrd.as_deref().map(|d| (d, module_addr)),
+            )
+            .map_err(|e| load_err(e.to_string()))?;
+            Ok((
+                BootState {
+                    entry: loaded.entry,
+                    mode: EntryMode::Protected32,
+                    rsi: 0,
+                    rax: multiboot::BOOTLOADER_MAGIC as u64,
+                    rbx: ebx,
+                    rsp: 0,
+                },
+                Protocol::Multiboot,
+            ))
+        }
+        KernelFormat::Raw => {
+            let entry = args.entry.ok_or(Error::RawNeedsEntry)?;
+            let end = args
+                .load_addr
+                .checked_add(image.len() as u64)
+                .filter(|e| *e <= below_4g && args.load_addr >= 0x1000)
+                .ok_or_else(|| {
+                    load_err(format!(
+                        "{} bytes at {:#x} do not fit in guest RAM",
+                        image.len(),
+                        args.load_addr
+                    ))
+                })?;
+            mem.write_slice(&image, GuestAddress(args.load_addr))
+                .map_err(|e| load_err(e.to_string()))?;
+            let _ = end;
+            let mode = match args.entry_mode {
+                cli::EntryMode::Long => EntryMode::Long64,
+                cli::EntryMode::Protected => EntryMode::Protected32,
+            };
+            Ok((
+                BootState {
+                    entry,
+                    mode,
+                    rsi: 0,
+                    rax: 0,
+                    rbx: 0,
+                    rsp: BOOT_STACK_POINTER,
+                },
+                Protocol::Raw,
+            ))
+        }
+        KernelFormat::Elf | KernelFormat::Bzimage => {
+            let _ = HIGH_MEMORY_START;
+            Err(load_err("Linux boot protocols are not wired in yet".into()))
+        }
+        KernelFormat::Auto => Err(Error::UnknownFormat(args.kernel.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detect_recognises_elf_bzimage_and_garbage() {
+        let mut elf = b"\x7fELF".to_vec();
+        elf.resize(64, 0);
+        assert_eq!(detect(&elf), Some(KernelFormat::Elf));
+        let mut bz = vec![0u8; 0x300];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        assert_eq!(detect(&bz), Some(KernelFormat::Bzimage));
+        assert_eq!(detect(b"hello"), None);
+    }
+}

@@ -1,0 +1,298 @@
+//! vCPU creation and the KVM_RUN loop. Each vCPU runs on its own thread and
+//! owns its counters; the only shared state it touches is the device buses
+//! (devices behind their own locks) and the VM stop flag.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{
+    kvm_msr_entry, CpuId, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use arch::cpuid::{patch_cpuid, CpuidConfig};
+use arch::regs::{self, EntryMode};
+use devices::interrupt::lock;
+use devices::ioapic::IoApic;
+use devices::{Bus, ExitReason, VmControl};
+
+use crate::error::{kvm, Error, Result};
+use crate::stats::{ExitKind, VcpuStats};
+
+const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+const MISC_ENABLE_FAST_STRING: u64 = 1;
+const MTRR_ENABLE_WB: u64 = (1 << 11) | 6;
+
+// LAPIC register offsets and LVT delivery modes.
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_NMI: u32 = 0x4;
+const APIC_MODE_EXTINT: u32 = 0x7;
+
+/// Where and how the boot vCPU starts.
+#[derive(Debug, Clone, Copy)]
+pub struct BootState {
+    pub entry: u64,
+    pub mode: EntryMode,
+    pub rsi: u64,
+    pub rax: u64,
+    pub rbx: u64,
+    pub rsp: u64,
+}
+
+fn set_lvt_mode(regs: &mut [std::os::raw::c_char; 1024], offset: usize, mode: u32) {
+    let mut b = [0u8; 4];
+    for (i, v) in b.iter_mut().enumerate() {
+        *v = regs[offset + i] as u8;
+    }
+    let v = (u32::from_le_bytes(b) & !0x700) | (mode << 8);
+    for (i, byte) in v.to_le_bytes().iter().enumerate() {
+        regs[offset + i] = *byte as std::os::raw::c_char;
+    }
+}
+
+/// Create vCPU `id` (APIC ID = id) with its CPUID, LAPIC LVTs and MSRs.
+/// The boot vCPU also gets its entry registers; the others stay in
+/// wait-for-SIPI, as KVM leaves non-BSP vCPUs of an in-kernel LAPIC.
+pub fn create_vcpu(
+    vm: &VmFd,
+    id: u32,
+    supported: &CpuId,
+    cfg: CpuidConfig,
+    mem: &GuestMemoryMmap,
+    boot: Option<&BootState>,
+) -> Result<VcpuFd> {
+    let vcpu = vm.create_vcpu(id as u64).map_err(kvm("KVM_CREATE_VCPU"))?;
+    let mut cpuid = supported.clone();
+    patch_cpuid(&mut cpuid, id, cfg);
+    vcpu.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
+
+    let mut lapic = vcpu.get_lapic().map_err(kvm("KVM_GET_LAPIC"))?;
+    set_lvt_mode(&mut lapic.regs, APIC_LVT0, APIC_MODE_EXTINT);
+    set_lvt_mode(&mut lapic.regs, APIC_LVT1, APIC_MODE_NMI);
+    vcpu.set_lapic(&lapic).map_err(kvm("KVM_SET_LAPIC"))?;
+
+    let msrs = Msrs::from_entries(&[
+        kvm_msr_entry {
+            index: MSR_IA32_MISC_ENABLE,
+            data: MISC_ENABLE_FAST_STRING,
+            ..Default::default()
+        },
+        kvm_msr_entry {
+            index: MSR_MTRR_DEF_TYPE,
+            data: MTRR_ENABLE_WB,
+            ..Default::default()
+        },
+    ])
+    .map_err(|e| Error::Setup {
+        what: "MSRs",
+        msg: format!("{e:?}"),
+    })?;
+    vcpu.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
+
+    if let Some(b) = boot {
+        let mut sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+        regs::setup_sregs(mem, b.mode, &mut sregs).map_err(|e| Error::Setup {
+            what: "boot page tables",
+            msg: e.to_string(),
+        })?;
+        vcpu.set_sregs(&sregs).map_err(kvm("KVM_SET_SREGS"))?;
+        vcpu.set_fpu(&regs::boot_fpu())
+            .map_err(kvm("KVM_SET_FPU"))?;
+        let r = regs::boot_regs(b.entry, b.rsp, b.rsi, b.rax, b.rbx);
+        vcpu.set_regs(&r).map_err(kvm("KVM_SET_REGS"))?;
+    }
+    Ok(vcpu)
+}
+
+/// Everything a vCPU thread needs.
+pub struct VcpuContext {
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub ioapic: Arc<Mutex<IoApic>>,
+    pub control: Arc<VmControl>,
+    pub mem: GuestMemoryMmap,
+    pub total_exits: Arc<AtomicU64>,
+}
+
+/// Run `vcpu` until the VM stops; returns its counters.
+pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, ctx: VcpuContext) -> VcpuStats {
+    let mut stats = VcpuStats::new(
+        id,
+        ctx.pio.device_names().len(),
+        ctx.mmio.device_names().len(),
+    );
+    loop {
+        if ctx.control.is_stopping() {
+            break;
+        }
+        let mut internal = false;
+        let mut fail: Option<(u64, u32)> = None;
+        match vcpu.run() {
+            Ok(exit) => {
+                ctx.total_exits.fetch_add(1, Ordering::Relaxed);
+                match exit {
+                    VcpuExit::IoIn(port, data) => {
+                        stats.exit(ExitKind::Io);
+                        match ctx.pio.read(port as u64, data) {
+                            Some(i) => stats.pio_device[i] += 1,
+                            None => {
+                                data.fill(0xff);
+                                *stats.unhandled_pio.entry(port).or_default() += 1;
+                            }
+                        }
+                    }
+                    VcpuExit::IoOut(port, data) => {
+                        stats.exit(ExitKind::Io);
+                        match ctx.pio.write(port as u64, data) {
+                            Some(i) => stats.pio_device[i] += 1,
+                            None => *stats.unhandled_pio.entry(port).or_default() += 1,
+                        }
+                    }
+                    VcpuExit::MmioRead(addr, data) => {
+                        stats.exit(ExitKind::Mmio);
+                        match ctx.mmio.read(addr, data) {
+                            Some(i) => stats.mmio_device[i] += 1,
+                            None => {
+                                data.fill(0xff);
+                                *stats.unhandled_mmio.entry(addr).or_default() += 1;
+                            }
+                        }
+                    }
+                    VcpuExit::MmioWrite(addr, data) => {
+                        stats.exit(ExitKind::Mmio);
+                        match ctx.mmio.write(addr, data) {
+                            Some(i) => stats.mmio_device[i] += 1,
+                            None => *stats.unhandled_mmio.entry(addr).or_default() += 1,
+                        }
+                    }
+                    VcpuExit::IoapicEoi(vector) => {
+                        stats.exit(ExitKind::IoapicEoi);
+                        stats.eoi_vectors[vector as usize] += 1;
+                        lock(&ctx.ioapic).end_of_interrupt(vector);
+                    }
+                    VcpuExit::Hlt => stats.exit(ExitKind::Hlt),
+                    VcpuExit::Intr => stats.exit(ExitKind::Intr),
+                    VcpuExit::Shutdown => {
+                        stats.exit(ExitKind::Shutdown);
+                        ctx.control.request_exit(ExitReason::Reset);
+                    }
+                    VcpuExit::SystemEvent(kind, _) => {
+                        stats.exit(ExitKind::SystemEvent);
+                        let reason = match kind {
+                            KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::Poweroff,
+                            KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
+                            KVM_SYSTEM_EVENT_CRASH => {
+                                ExitReason::GuestError(format!("vCPU {id}: guest reported a crash"))
+                            }
+                            k => ExitReason::GuestError(format!("vCPU {id}: system event {k}")),
+                        };
+                        ctx.control.request_exit(reason);
+                    }
+                    VcpuExit::InternalError => {
+                        stats.exit(ExitKind::InternalError);
+                        internal = true;
+                    }
+                    VcpuExit::FailEntry(reason, cpu) => {
+                        stats.exit(ExitKind::FailEntry);
+                        fail = Some((reason, cpu));
+                    }
+                    VcpuExit::Exception => {
+                        stats.exit(ExitKind::Exception);
+                        ctx.control.request_exit(ExitReason::GuestError(format!(
+                            "vCPU {id}: unhandled exception exit"
+                        )));
+                    }
+                    _ => stats.exit(ExitKind::Other),
+                }
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                stats.exit(ExitKind::Intr);
+                vcpu.set_kvm_immediate_exit(0);
+            }
+            Err(e) => {
+                ctx.control.request_exit(ExitReason::VmmError(format!(
+                    "vCPU {id}: KVM_RUN failed: {e}"
+                )));
+                break;
+            }
+        }
+        if internal {
+            let run = vcpu.get_kvm_run();
+            // SAFETY: KVM filled the `internal` member for this exit reason.
+            let (suberror, ndata, data) = unsafe {
+                let i = run.__bindgen_anon_1.internal;
+                (i.suberror, i.ndata, i.data)
+            };
+            let msg = describe_internal_error(
+                &vcpu,
+                &ctx.mem,
+                id,
+                suberror,
+                &data[..(ndata as usize).min(16)],
+            );
+            ctx.control.request_exit(ExitReason::GuestError(msg));
+        }
+        if let Some((reason, cpu)) = fail {
+            let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+            ctx.control.request_exit(ExitReason::GuestError(format!(
+                "vCPU {id}: VM entry failed (hardware reason {reason:#x}, host CPU {cpu}) at RIP {rip:#x}"
+            )));
+        }
+    }
+    stats
+}
+
+/// One line: vCPU, RIP, instruction bytes, suberror.
+fn describe_internal_error(
+    vcpu: &VcpuFd,
+    mem: &GuestMemoryMmap,
+    id: u32,
+    suberror: u32,
+    data: &[u64],
+) -> String {
+    let what = match suberror {
+        1 => "emulation failure",
+        2 => "simultaneous exceptions",
+        3 => "delivery event failure",
+        4 => "unexpected exit reason",
+        _ => "internal error",
+    };
+    let regs = vcpu.get_regs().ok();
+    let sregs = vcpu.get_sregs().ok();
+    let rip = regs.map(|r| r.rip).unwrap_or(0);
+    let (cs_base, cs_sel) = sregs.map(|s| (s.cs.base, s.cs.selector)).unwrap_or((0, 0));
+    let linear = cs_base.wrapping_add(rip);
+    let phys = vcpu
+        .translate_gva(linear)
+        .ok()
+        .filter(|t| t.valid != 0)
+        .map(|t| t.physical_address)
+        .unwrap_or(linear);
+    let mut bytes = [0u8; 15];
+    let insn = match mem.read_slice(&mut bytes, GuestAddress(phys)) {
+        Ok(()) => bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Err(_) => "unreadable".to_string(),
+    };
+    let extra = if data.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", data [{}]",
+            data.iter()
+                .map(|d| format!("{d:#x}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    format!(
+        "vCPU {id} stopped: KVM internal error, suberror {suberror} ({what}) at RIP {rip:#x} (CS {cs_sel:#x}, phys {phys:#x}), instruction bytes: {insn}{extra}"
+    )
+}

@@ -1,0 +1,214 @@
+//! The KVM VM: capability checks, split irqchip, guest memory, and the GSI
+//! routing table that carries every interrupt splitvm delivers.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{
+    kvm_enable_cap, kvm_irq_routing_entry, kvm_msi, kvm_userspace_memory_region, KvmIrqRouting,
+    KVM_CAP_SPLIT_IRQCHIP, KVM_CAP_X2APIC_API, KVM_IRQ_ROUTING_MSI,
+    KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK, KVM_X2APIC_API_USE_32BIT_IDS,
+};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use arch::layout;
+use devices::interrupt::lock;
+use devices::{InterruptError, MsiMessage, MsiRouting};
+
+use crate::error::{kvm, Error, Result};
+
+/// I/O APIC pins reserved with KVM_CAP_SPLIT_IRQCHIP; pin i is GSI i.
+pub const IOAPIC_PINS: u64 = 24;
+
+/// Capabilities splitvm cannot run without, with the name we report.
+const REQUIRED_CAPS: &[(Cap, &str)] = &[
+    (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+    (Cap::SplitIrqchip, "KVM_CAP_SPLIT_IRQCHIP"),
+    (Cap::IrqRouting, "KVM_CAP_IRQ_ROUTING"),
+    (Cap::Irqfd, "KVM_CAP_IRQFD"),
+    (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+    (Cap::SignalMsi, "KVM_CAP_SIGNAL_MSI"),
+    (Cap::X2ApicApi, "KVM_CAP_X2APIC_API"),
+    (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+    (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+    (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+];
+
+/// What the host's KVM offers beyond the required set.
+#[derive(Debug, Clone, Copy)]
+pub struct HostCaps {
+    pub tsc_deadline: bool,
+    pub max_vcpus: usize,
+}
+
+pub fn open_kvm() -> Result<Kvm> {
+    let kvm = Kvm::new().map_err(|e| {
+        let hint = match e.errno() {
+            libc::ENOENT => " (no KVM on this host: is the kvm module loaded?)",
+            libc::EACCES | libc::EPERM => " (permission denied: run as root or join the kvm group)",
+            _ => "",
+        };
+        Error::KvmOpen(format!(
+            "{}{}",
+            std::io::Error::from_raw_os_error(e.errno()),
+            hint
+        ))
+    })?;
+    let v = kvm.get_api_version();
+    if v != 12 {
+        return Err(Error::KvmApiVersion(v));
+    }
+    for (cap, name) in REQUIRED_CAPS {
+        if !kvm.check_extension(*cap) {
+            return Err(Error::MissingCapability(name));
+        }
+    }
+    Ok(kvm)
+}
+
+pub fn host_caps(kvm: &Kvm) -> HostCaps {
+    HostCaps {
+        tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+        max_vcpus: kvm.get_max_vcpus(),
+    }
+}
+
+/// Create the VM with a split irqchip and x2APIC API, and map guest RAM.
+pub fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd> {
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
+        .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+
+    // The split irqchip must exist before any vCPU: LAPICs in KVM, the
+    // I/O APIC (24 pins = GSIs 0..23) in userspace. No KVM_CREATE_IRQCHIP,
+    // no KVM_CREATE_PIT2.
+    let mut cap = kvm_enable_cap {
+        cap: KVM_CAP_SPLIT_IRQCHIP,
+        ..Default::default()
+    };
+    cap.args[0] = IOAPIC_PINS;
+    vm.enable_cap(&cap)
+        .map_err(kvm_err("KVM_CAP_SPLIT_IRQCHIP"))?;
+
+    let mut cap = kvm_enable_cap {
+        cap: KVM_CAP_X2APIC_API,
+        ..Default::default()
+    };
+    cap.args[0] = (KVM_X2APIC_API_USE_32BIT_IDS | KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK) as u64;
+    vm.enable_cap(&cap).map_err(kvm_err("KVM_CAP_X2APIC_API"))?;
+
+    for (slot, region) in mem.iter().enumerate() {
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the region stays mapped for the life of the VM (the
+        // GuestMemoryMmap outlives every vCPU thread) and is not aliased.
+        unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(vm)
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    kvm(what)
+}
+
+/// Allocate guest RAM (MAP_NORESERVE: the host pays only for touched pages).
+pub fn guest_memory(mem_size: u64) -> Result<GuestMemoryMmap> {
+    let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_size)
+        .into_iter()
+        .map(|(b, l)| (GuestAddress(b), l as usize))
+        .collect();
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::GuestMemory(e.to_string()))
+}
+
+/// The whole GSI routing table, owned in userspace and pushed to KVM in one
+/// KVM_SET_GSI_ROUTING per change. Pins 0..23 and MSI vectors (24+) alike
+/// are MSI routes.
+pub struct GsiRouter {
+    vm: Arc<VmFd>,
+    routes: Mutex<BTreeMap<u32, MsiMessage>>,
+}
+
+impl GsiRouter {
+    pub fn new(vm: Arc<VmFd>) -> Self {
+        GsiRouter {
+            vm,
+            routes: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn push(&self, routes: &BTreeMap<u32, MsiMessage>) -> std::result::Result<(), InterruptError> {
+        let mut table =
+            KvmIrqRouting::new(0).map_err(|e| InterruptError::Routing(format!("{e:?}")))?;
+        for (gsi, m) in routes {
+            let mut e = kvm_irq_routing_entry {
+                gsi: *gsi,
+                type_: KVM_IRQ_ROUTING_MSI,
+                ..Default::default()
+            };
+            e.u.msi.address_lo = m.address as u32;
+            e.u.msi.address_hi = (m.address >> 32) as u32;
+            e.u.msi.data = m.data;
+            table
+                .push(e)
+                .map_err(|e| InterruptError::Routing(format!("{e:?}")))?;
+        }
+        self.vm
+            .set_gsi_routing(&table)
+            .map_err(|e| InterruptError::Routing(e.to_string()))
+    }
+}
+
+impl MsiRouting for GsiRouter {
+    fn set_route(
+        &self,
+        gsi: u32,
+        msg: Option<MsiMessage>,
+    ) -> std::result::Result<(), InterruptError> {
+        let mut routes = lock(&self.routes);
+        let changed = match msg {
+            Some(m) => routes.insert(gsi, m) != Some(m),
+            None => routes.remove(&gsi).is_some(),
+        };
+        if changed {
+            self.push(&routes)?;
+        }
+        Ok(())
+    }
+
+    fn signal(&self, gsi: u32) -> std::result::Result<(), InterruptError> {
+        if !lock(&self.routes).contains_key(&gsi) {
+            return Err(InterruptError::NoRoute(gsi));
+        }
+        // KVM_IRQ_LINE on an MSI route injects synchronously, from any thread.
+        self.vm
+            .set_irq_line(gsi, true)
+            .map_err(|e| InterruptError::Inject {
+                gsi,
+                msg: e.to_string(),
+            })
+    }
+
+    fn signal_msi(&self, msg: MsiMessage) -> std::result::Result<(), InterruptError> {
+        let m = kvm_msi {
+            address_lo: msg.address as u32,
+            address_hi: (msg.address >> 32) as u32,
+            data: msg.data,
+            ..Default::default()
+        };
+        self.vm
+            .signal_msi(m)
+            .map(|_| ())
+            .map_err(|e| InterruptError::Inject {
+                gsi: u32::MAX,
+                msg: e.to_string(),
+            })
+    }
+}

@@ -1,0 +1,368 @@
+//! Putting a VM together and running it: `splitvm run`.
+
+use std::fs::File;
+use std::io::{IsTerminal, Write};
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+use arch::cpuid::CpuidConfig;
+use arch::layout::MIN_MEMORY;
+use devices::interrupt::lock;
+use devices::ioapic::{IoApic, IOAPIC_BASE, IOAPIC_SIZE};
+use devices::legacy::{QuietPorts, I8042, QUIET_PORTS};
+use devices::serial::{SerialDevice, SerialOutput, COM1_BASE, COM1_PIN};
+use devices::testdev::{self, DebugExit, IrqLines, MsiTestPort, Scratch};
+use devices::{fwcfg::FwCfg, Bus, BusDevice, ExitReason, IrqLine, MsiRouting, VmControl};
+
+use crate::cli::{parse_size, RunArgs};
+use crate::error::{Error, Result};
+use crate::loader;
+use crate::stats::{MsiPortReport, PinReport, Report, VcpuStats};
+use crate::vcpu::{self, VcpuContext};
+use crate::vm::{self, GsiRouter};
+
+pub const MAX_CPUS: u32 = 64;
+
+static SIGNALLED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+extern "C" fn on_terminate(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    SIGNALLED.store(sig, Ordering::SeqCst);
+}
+
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+fn host_memory_bytes() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+    // SAFETY: as above.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    (pages.max(0) as u64).saturating_mul(page.max(0) as u64)
+}
+
+fn io_setup(what: &'static str) -> impl Fn(devices::BusError) -> Error {
+    move |e| Error::Setup {
+        what,
+        msg: e.to_string(),
+    }
+}
+
+fn serial_output(spec: &str) -> Result<Box<dyn Write + Send>> {
+    match spec {
+        "stdout" => Ok(Box::new(std::io::stdout())),
+        "none" => Ok(Box::new(std::io::sink())),
+        s => match s.strip_prefix("file:") {
+            Some(p) if !p.is_empty() => {
+                let f = File::create(p).map_err(|err| Error::Output {
+                    what: "serial log",
+                    path: p.into(),
+                    err,
+                })?;
+                Ok(Box::new(f))
+            }
+            _ => Err(Error::SerialSyntax(s.to_string())),
+        },
+    }
+}
+
+fn dev<T: BusDevice + 'static>(d: T) -> Arc<Mutex<dyn BusDevice>> {
+    Arc::new(Mutex::new(d))
+}
+
+/// Validate the arguments a user can get wrong before touching KVM.
+fn check_args(args: &RunArgs) -> Result<u64> {
+    if args.cpus == 0 || args.cpus > MAX_CPUS {
+        return Err(Error::Cpus {
+            got: args.cpus,
+            max: MAX_CPUS,
+        });
+    }
+    let mem = parse_size(&args.memory).ok_or_else(|| Error::MemorySyntax(args.memory.clone()))?;
+    if mem < MIN_MEMORY {
+        return Err(Error::MemoryTooSmall {
+            got: mem >> 20,
+            min: MIN_MEMORY >> 20,
+        });
+    }
+    let host = host_memory_bytes();
+    if mem > host {
+        return Err(Error::MemoryTooLarge {
+            got: mem >> 20,
+            host: host >> 20,
+        });
+    }
+    if !args.kernel.exists() {
+        return Err(Error::File {
+            what: "kernel",
+            path: args.kernel.clone(),
+            err: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+    }
+    serial_output_check(&args.serial)?;
+    Ok(mem & !0xfff)
+}
+
+fn serial_output_check(spec: &str) -> Result<()> {
+    match spec {
+        "stdout" | "none" => Ok(()),
+        s if s.strip_prefix("file:").is_some_and(|p| !p.is_empty()) => Ok(()),
+        s => Err(Error::SerialSyntax(s.to_string())),
+    }
+}
+
+/// Boot and run a VM; returns the process exit status.
+pub fn run(args: &RunArgs) -> Result<i32> {
+    let started = Instant::now();
+    let mem_size = check_args(args)?;
+    let kvm = vm::open_kvm()?;
+    let caps = vm::host_caps(&kvm);
+    if args.cpus as usize > caps.max_vcpus {
+        return Err(Error::Cpus {
+            got: args.cpus,
+            max: caps.max_vcpus as u32,
+        });
+    }
+    let mem = vm::guest_memory(mem_size)?;
+    let vm_fd = Arc::new(vm::create_vm(&kvm, &mem)?);
+
+    let control = Arc::new(VmControl::new());
+    let router: Arc<GsiRouter> = Arc::new(GsiRouter::new(vm_fd.clone()));
+    let routing: Arc<dyn MsiRouting> = router.clone();
+    let ioapic = Arc::new(Mutex::new(IoApic::new(routing.clone())));
+    lock(&ioapic).install_routes().map_err(|e| Error::Setup {
+        what: "I/O APIC routes",
+        msg: e.to_string(),
+    })?;
+
+    // Port I/O devices.
+    let mut pio = Bus::new();
+    let out = SerialOutput::new(serial_output(&args.serial)?);
+    let last_line = out.last_line();
+    let serial = SerialDevice::new(IrqLine::new(ioapic.clone(), COM1_PIN), out);
+    pio.insert("serial", COM1_BASE, 8, dev(serial))
+        .map_err(io_setup("serial"))?;
+    let i8042: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(I8042::new(control.clone())));
+    pio.insert_with_offset("i8042", 0x60, 1, i8042.clone(), 0)
+        .map_err(io_setup("i8042"))?;
+    pio.insert_with_offset("i8042", 0x64, 1, i8042, 4)
+        .map_err(io_setup("i8042"))?;
+    let quiet = dev(QuietPorts);
+    for (name, base, len) in QUIET_PORTS {
+        pio.insert(name, *base, *len, quiet.clone())
+            .map_err(io_setup("legacy ports"))?;
+    }
+    let mut msi_injected = None;
+    if args.test_devices {
+        pio.insert(
+            "debug-exit",
+            testdev::DEBUG_EXIT_PORT,
+            4,
+            dev(DebugExit(control.clone())),
+        )
+        .map_err(io_setup("debug-exit"))?;
+        pio.insert(
+            "pc-testdev",
+            testdev::TESTDEV_IRQ_BASE,
+            testdev::TESTDEV_IRQ_LINES,
+            dev(IrqLines::new(ioapic.clone())),
+        )
+        .map_err(io_setup("pc-testdev"))?;
+        pio.insert(
+            "pc-testdev",
+            testdev::TESTDEV_SCRATCH,
+            4,
+            dev(Scratch::default()),
+        )
+        .map_err(io_setup("pc-testdev"))?;
+        pio.insert(
+            "fw_cfg",
+            devices::fwcfg::FW_CFG_PORT,
+            devices::fwcfg::FW_CFG_LEN,
+            dev(FwCfg::new(args.cpus as u16, mem_size)),
+        )
+        .map_err(io_setup("fw_cfg"))?;
+        let port = MsiTestPort::new(routing.clone());
+        msi_injected = Some(port.injected_counter());
+        pio.insert(
+            "msi-test-port",
+            testdev::MSI_TEST_PORT,
+            testdev::MSI_TEST_LEN,
+            dev(port),
+        )
+        .map_err(io_setup("msi-test-port"))?;
+    }
+
+    // MMIO devices.
+    let mut mmio = Bus::new();
+    let ioapic_dev: Arc<Mutex<dyn BusDevice>> = ioapic.clone();
+    mmio.insert("ioapic", IOAPIC_BASE, IOAPIC_SIZE, ioapic_dev)
+        .map_err(io_setup("ioapic"))?;
+
+    let (boot, _protocol) = loader::load(args, &mem, mem_size)?;
+
+    // vCPUs: all created before any runs.
+    let supported = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(crate::error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    let cfg = CpuidConfig {
+        num_cpus: args.cpus,
+        tsc_deadline: caps.tsc_deadline,
+    };
+    let mut vcpus = Vec::new();
+    for id in 0..args.cpus {
+        let b = (id == 0).then_some(&boot);
+        vcpus.push(vcpu::create_vcpu(&vm_fd, id, &supported, cfg, &mem, b)?);
+    }
+
+    register_signal_handler(kick_signal(), on_kick).map_err(|e| Error::Setup {
+        what: "signal handler",
+        msg: e.to_string(),
+    })?;
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        register_signal_handler(sig, on_terminate).map_err(|e| Error::Setup {
+            what: "signal handler",
+            msg: e.to_string(),
+        })?;
+    }
+
+    let pio = Arc::new(pio);
+    let mmio = Arc::new(mmio);
+    let total_exits = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for (id, vcpu) in vcpus.into_iter().enumerate() {
+        let ctx = VcpuContext {
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            ioapic: ioapic.clone(),
+            control: control.clone(),
+            mem: mem.clone(),
+            total_exits: total_exits.clone(),
+        };
+        let h = thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || vcpu::run_vcpu(vcpu, id as u32, ctx))
+            .map_err(|e| Error::Setup {
+                what: "vCPU thread",
+                msg: e.to_string(),
+            })?;
+        handles.push(h);
+    }
+
+    // Supervise: stop requests, signals, timeout, progress.
+    let progress = match args.progress.as_str() {
+        "always" => true,
+        "never" => false,
+        _ => std::io::stderr().is_terminal(),
+    };
+    let deadline = args
+        .timeout
+        .map(|t| started + Duration::from_secs_f64(t.max(0.0)));
+    let mut last_progress = Instant::now();
+    loop {
+        if handles.iter().all(|h| h.is_finished()) {
+            break;
+        }
+        if control.is_stopping() {
+            for h in handles.iter().filter(|h| !h.is_finished()) {
+                // SAFETY: the thread is alive (not finished) so its pthread_t is valid.
+                unsafe { libc::pthread_kill(h.as_pthread_t(), kick_signal()) };
+            }
+        } else {
+            let sig = SIGNALLED.load(Ordering::SeqCst);
+            if sig != 0 {
+                control.request_exit(ExitReason::Signal(sig));
+            } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                control.request_exit(ExitReason::Timeout);
+            } else if handles.iter().any(|h| h.is_finished()) {
+                control.request_exit(ExitReason::VmmError(
+                    "a vCPU thread ended unexpectedly".into(),
+                ));
+            }
+        }
+        if progress && last_progress.elapsed() >= Duration::from_millis(500) {
+            last_progress = Instant::now();
+            let line = lock(&last_line).clone();
+            let line: String = line.chars().take(60).collect();
+            eprint!(
+                "\r\x1b[K[splitvm {:6.1}s] exits {:>9} | {}",
+                started.elapsed().as_secs_f64(),
+                total_exits.load(Ordering::Relaxed),
+                line
+            );
+        }
+        thread::sleep(Duration::from_millis(if control.is_stopping() {
+            2
+        } else {
+            10
+        }));
+    }
+    if progress {
+        eprint!("\r\x1b[K");
+    }
+    let mut stats: Vec<VcpuStats> = Vec::new();
+    for h in handles {
+        match h.join() {
+            Ok(s) => stats.push(s),
+            Err(_) => {
+                control.request_exit(ExitReason::VmmError("a vCPU thread panicked".into()));
+            }
+        }
+    }
+    let reason = control
+        .reason()
+        .unwrap_or_else(|| ExitReason::VmmError("VM stopped without a reason".into()));
+
+    let mut report = Report::from_vcpus(&stats, pio.device_names(), mmio.device_names());
+    report.exit_status = reason.status();
+    report.exit_reason = reason.name().to_string();
+    report.exit_detail = match &reason {
+        ExitReason::GuestError(m) | ExitReason::VmmError(m) => Some(m.clone()),
+        ExitReason::DebugExit(v) => Some(format!("guest wrote {v:#x} to port 0xf4")),
+        ExitReason::Signal(s) => Some(format!("signal {s}")),
+        _ => None,
+    };
+    report.wall_time_ms = started.elapsed().as_millis() as u64;
+    {
+        let io = lock(&ioapic);
+        for (pin, p) in io.pin_stats().iter().enumerate() {
+            if p.raised + p.delivered + p.coalesced + p.masked_drops + p.eoi + p.invalid > 0 {
+                report.ioapic_pins.push(PinReport {
+                    pin,
+                    raised: p.raised,
+                    delivered: p.delivered,
+                    coalesced: p.coalesced,
+                    masked_drops: p.masked_drops,
+                    eoi: p.eoi,
+                    invalid: p.invalid,
+                });
+            }
+        }
+    }
+    report.msi_test_port = msi_injected.map(|c| MsiPortReport {
+        injected: c.load(Ordering::Relaxed),
+    });
+
+    if let ExitReason::GuestError(m) | ExitReason::VmmError(m) = &reason {
+        eprintln!("splitvm: {m}");
+    }
+    if args.stats {
+        eprint!("{}", report.table());
+    }
+    if let Some(path) = &args.stats_json {
+        let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+        std::fs::write(path, json + "\n").map_err(|err| Error::Output {
+            what: "stats JSON",
+            path: path.clone(),
+            err,
+        })?;
+    }
+    Ok(reason.status())
+}
