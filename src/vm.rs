@@ -14,7 +14,10 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRe
 
 use arch::layout;
 use devices::interrupt::lock;
+use devices::interrupt::{EventRegistry, IoEventAddress};
 use devices::{InterruptError, MsiMessage, MsiRouting};
+use kvm_ioctls::NoDatamatch;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{kvm, Error, Result};
 
@@ -210,5 +213,53 @@ impl MsiRouting for GsiRouter {
                 gsi: u32::MAX,
                 msg: e.to_string(),
             })
+    }
+}
+
+impl EventRegistry for GsiRouter {
+    fn register_ioevent(
+        &self,
+        fd: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Option<u32>,
+    ) -> std::result::Result<(), InterruptError> {
+        let a = match addr {
+            IoEventAddress::Pio(p) => kvm_ioctls::IoEventAddress::Pio(p),
+            IoEventAddress::Mmio(m) => kvm_ioctls::IoEventAddress::Mmio(m),
+        };
+        let r = match datamatch {
+            Some(d) => self.vm.register_ioevent(fd, &a, d),
+            None => self.vm.register_ioevent(fd, &a, NoDatamatch),
+        };
+        r.map_err(|e| InterruptError::Routing(format!("KVM_IOEVENTFD: {e}")))
+    }
+
+    fn unregister_ioevent(
+        &self,
+        fd: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Option<u32>,
+    ) -> std::result::Result<(), InterruptError> {
+        let a = match addr {
+            IoEventAddress::Pio(p) => kvm_ioctls::IoEventAddress::Pio(p),
+            IoEventAddress::Mmio(m) => kvm_ioctls::IoEventAddress::Mmio(m),
+        };
+        let r = match datamatch {
+            Some(d) => self.vm.unregister_ioevent(fd, &a, d),
+            None => self.vm.unregister_ioevent(fd, &a, NoDatamatch),
+        };
+        r.map_err(|e| InterruptError::Routing(format!("KVM_IOEVENTFD deassign: {e}")))
+    }
+
+    fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> std::result::Result<(), InterruptError> {
+        self.vm
+            .register_irqfd(fd, gsi)
+            .map_err(|e| InterruptError::Routing(format!("KVM_IRQFD on GSI {gsi}: {e}")))
+    }
+
+    fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> std::result::Result<(), InterruptError> {
+        self.vm
+            .unregister_irqfd(fd, gsi)
+            .map_err(|e| InterruptError::Routing(format!("KVM_IRQFD deassign on GSI {gsi}: {e}")))
     }
 }

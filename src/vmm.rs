@@ -15,6 +15,7 @@ use arch::layout::MIN_MEMORY;
 use devices::interrupt::lock;
 use devices::ioapic::{IoApic, IOAPIC_BASE, IOAPIC_SIZE};
 use devices::legacy::{QuietPorts, I8042, QUIET_PORTS};
+use devices::pit::{Pit, PIT_BASE, PIT_IRQ_PIN, PIT_LEN, PORT61};
 use devices::serial::{SerialDevice, SerialOutput, COM1_BASE, COM1_PIN};
 use devices::testdev::{self, DebugExit, IrqLines, MsiTestPort, Scratch};
 use devices::{fwcfg::FwCfg, Bus, BusDevice, ExitReason, IrqLine, MsiRouting, VmControl};
@@ -103,7 +104,7 @@ fn check_args(args: &RunArgs) -> Result<u64> {
         return Err(Error::File {
             what: "kernel",
             path: args.kernel.clone(),
-            err: std::io::Error::from(std::io::ErrorKind::NotFound),
+            err: std::io::Error::from_raw_os_error(libc::ENOENT),
         });
     }
     serial_output_check(&args.serial)?;
@@ -154,6 +155,17 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         .map_err(io_setup("i8042"))?;
     pio.insert_with_offset("i8042", 0x64, 1, i8042, 4)
         .map_err(io_setup("i8042"))?;
+    // The 8254 PIT on I/O APIC pin 2 (ISA IRQ 0 in the MP table): Linux
+    // needs a working periodic tick to verify the LAPIC timer.
+    let pit = Pit::new(IrqLine::new(ioapic.clone(), PIT_IRQ_PIN)).map_err(|e| Error::Setup {
+        what: "PIT timer thread",
+        msg: e.to_string(),
+    })?;
+    let port61 = pit.port61();
+    pio.insert("pit", PIT_BASE.into(), PIT_LEN, dev(pit))
+        .map_err(io_setup("pit"))?;
+    pio.insert("pit", PORT61.into(), 1, dev(port61))
+        .map_err(io_setup("pit"))?;
     let quiet = dev(QuietPorts);
     for (name, base, len) in QUIET_PORTS {
         pio.insert(name, *base, *len, quiet.clone())

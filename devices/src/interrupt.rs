@@ -70,6 +70,41 @@ pub trait MsiRouting: Send + Sync {
     fn signal_msi(&self, msg: MsiMessage) -> Result<(), InterruptError>;
 }
 
+/// Where a guest write lands for an ioeventfd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoEventAddress {
+    Pio(u64),
+    Mmio(u64),
+}
+
+/// The KVM side of eventfd plumbing, as seen by devices: ioeventfds turn a
+/// guest write into an eventfd signal without a userspace exit; irqfds turn
+/// an eventfd write into an interrupt on a GSI without a vCPU involved.
+pub trait EventRegistry: Send + Sync {
+    fn register_ioevent(
+        &self,
+        fd: &vmm_sys_util::eventfd::EventFd,
+        addr: IoEventAddress,
+        datamatch: Option<u32>,
+    ) -> Result<(), InterruptError>;
+    fn unregister_ioevent(
+        &self,
+        fd: &vmm_sys_util::eventfd::EventFd,
+        addr: IoEventAddress,
+        datamatch: Option<u32>,
+    ) -> Result<(), InterruptError>;
+    fn register_irqfd(
+        &self,
+        fd: &vmm_sys_util::eventfd::EventFd,
+        gsi: u32,
+    ) -> Result<(), InterruptError>;
+    fn unregister_irqfd(
+        &self,
+        fd: &vmm_sys_util::eventfd::EventFd,
+        gsi: u32,
+    ) -> Result<(), InterruptError>;
+}
+
 /// A device's handle on one I/O APIC input pin.
 #[derive(Clone)]
 pub struct IrqLine {

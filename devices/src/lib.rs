@@ -13,6 +13,7 @@ pub mod legacy;
 pub mod pit;
 pub mod serial;
 pub mod testdev;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use control::{ExitReason, VmControl};

@@ -1,0 +1,93 @@
+//! Virtio devices (virtio 1.x) and their transports.
+//!
+//! A device (block, net) implements [`VirtioDevice`] and knows nothing of
+//! its transport. A transport (virtio-pci with MSI-X, or virtio-mmio on an
+//! I/O APIC pin) owns the feature negotiation and queue registers, registers
+//! one ioeventfd per queue for notifications, and hands the device ready
+//! queues plus a [`VirtioInterrupt`] on activation. Devices process queues
+//! on their own worker thread: no vCPU exit per notification, no userspace
+//! exit per interrupt (irqfd).
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Virtio device IDs (virtio 1.2, 5).
+pub const TYPE_NET: u32 = 1;
+pub const TYPE_BLOCK: u32 = 2;
+
+/// Feature bits common to all devices.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub const VIRTIO_F_ACCESS_PLATFORM: u64 = 1 << 33;
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+
+/// Device status bits.
+pub const STATUS_ACKNOWLEDGE: u8 = 1;
+pub const STATUS_DRIVER: u8 = 2;
+pub const STATUS_DRIVER_OK: u8 = 4;
+pub const STATUS_FEATURES_OK: u8 = 8;
+pub const STATUS_NEEDS_RESET: u8 = 0x40;
+pub const STATUS_FAILED: u8 = 0x80;
+
+/// How a device tells the guest about used buffers or config changes. The
+/// transport implements it (MSI-X vector per queue through an irqfd, or the
+/// ISR bit plus an I/O APIC pin edge).
+pub trait VirtioInterrupt: Send + Sync {
+    /// Used buffers were added to queue `queue`.
+    fn notify_queue(&self, queue: u16);
+    /// The device configuration space changed.
+    fn notify_config(&self);
+    /// The device hit an unrecoverable error: set DEVICE_NEEDS_RESET and
+    /// send a config interrupt (virtio 1.2, 2.1.2).
+    fn needs_reset(&self) {}
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("queue {0} is not valid (size, alignment or addresses outside guest memory)")]
+    BadQueue(usize),
+    #[error("cannot start the device worker: {0}")]
+    Worker(String),
+    #[error("driver did not accept required feature(s) {0:#x}")]
+    Features(u64),
+}
+
+/// A ready queue handed to the device on activation.
+pub struct ActiveQueue {
+    /// Queue index as the guest numbers it.
+    pub index: u16,
+    pub queue: Queue,
+    /// Written by KVM (ioeventfd) when the guest notifies this queue.
+    pub notify: EventFd,
+}
+
+/// A virtio device, independent of its transport.
+pub trait VirtioDevice: Send {
+    /// Device type (TYPE_NET, TYPE_BLOCK, ...).
+    fn device_type(&self) -> u32;
+    /// Short name for statistics ("virtio-blk", "virtio-net").
+    fn name(&self) -> &str;
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Features the device offers (including VIRTIO_F_VERSION_1).
+    fn features(&self) -> u64;
+    /// Features the driver accepted (a subset of `features()`).
+    fn ack_features(&mut self, features: u64);
+    /// Device-specific configuration space reads/writes; out of range reads
+    /// return zero, writes are ignored.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Start processing the given ready queues.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), ActivateError>;
+    /// Stop processing (join the worker) and return to the pre-activation
+    /// state. Returns false if the device cannot be reset.
+    fn reset(&mut self) -> bool;
+}
