@@ -4,6 +4,8 @@
 pub mod cpuid;
 pub mod gdt;
 pub mod layout;
+pub mod linux;
+pub mod mptable;
 pub mod multiboot;
 pub mod paging;
 pub mod regs;
