@@ -1,0 +1,182 @@
+//! A user's mistakes end in one clear line on stderr and a non-zero exit,
+//! never a panic or a usage dump.
+
+use std::process::Command;
+
+fn splitvm(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_splitvm"))
+        .args(args)
+        .output()
+        .expect("run splitvm");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_one_line_error(args: &[&str], needle: &str) {
+    let (code, err) = splitvm(args);
+    assert_eq!(code, 2, "{args:?}: status {code}, stderr: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: expected one line, got: {err}");
+    assert!(lines[0].starts_with("splitvm: "), "{args:?}: {err}");
+    assert!(
+        lines[0].contains(needle),
+        "{args:?}: '{needle}' not in: {err}"
+    );
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+}
+
+fn some_file() -> String {
+    // Any readable file that is not a kernel.
+    "Cargo.toml".to_string()
+}
+
+#[test]
+fn missing_kernel_file_is_one_line() {
+    assert_one_line_error(&["run", "--kernel", "/no/such/kernel"], "No such file");
+}
+
+#[test]
+fn kernel_that_is_a_directory_is_one_line() {
+    assert_one_line_error(&["run", "--kernel", "/"], "Is a directory");
+}
+
+#[test]
+fn unknown_kernel_format_is_one_line() {
+    assert_one_line_error(
+        &["run", "--kernel", &some_file()],
+        "not a format splitvm can boot",
+    );
+}
+
+#[test]
+fn zero_cpus_is_one_line() {
+    assert_one_line_error(
+        &["run", "--kernel", &some_file(), "--cpus", "0"],
+        "--cpus must be between 1 and 64",
+    );
+}
+
+#[test]
+fn too_many_cpus_is_one_line() {
+    assert_one_line_error(
+        &["run", "--kernel", &some_file(), "--cpus", "65"],
+        "--cpus must be between 1 and 64",
+    );
+}
+
+#[test]
+fn memory_too_small_is_one_line() {
+    assert_one_line_error(
+        &["run", "--kernel", &some_file(), "--memory", "1M"],
+        "too small",
+    );
+}
+
+#[test]
+fn memory_larger_than_host_is_one_line() {
+    assert_one_line_error(
+        &["run", "--kernel", &some_file(), "--memory", "1024G"],
+        "more than this host has",
+    );
+}
+
+#[test]
+fn memory_with_bad_suffix_is_one_line() {
+    assert_one_line_error(
+        &["run", "--kernel", &some_file(), "--memory", "12Q"],
+        "bad memory size",
+    );
+}
+
+#[test]
+fn bad_serial_destination_is_one_line() {
+    assert_one_line_error(
+        &["run", "--kernel", &some_file(), "--serial", "tcp:1"],
+        "bad --serial",
+    );
+}
+
+#[test]
+fn unknown_flag_is_one_line_without_usage_dump() {
+    assert_one_line_error(
+        &["run", "--kernel", &some_file(), "--frobnicate"],
+        "--frobnicate",
+    );
+}
+
+#[test]
+fn raw_format_without_entry_is_one_line() {
+    assert_one_line_error(
+        &["run", "--kernel", &some_file(), "--kernel-format", "raw"],
+        "--entry is required",
+    );
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn no_dev_kvm_is_one_line() {
+    if !is_root() {
+        eprintln!(
+            "NOT RUN: no_dev_kvm_is_one_line needs root to hide /dev/kvm in a mount namespace"
+        );
+        return;
+    }
+    // Hide /dev behind an empty tmpfs in a private mount namespace.
+    let bin = env!("CARGO_BIN_EXE_splitvm");
+    let out = Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            &format!("mount -t tmpfs none /dev && exec {bin} run --kernel Cargo.toml"),
+        ])
+        .output()
+        .expect("run unshare");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("splitvm: cannot open /dev/kvm: No such file or directory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn no_permission_on_dev_kvm_is_one_line() {
+    if !is_root() {
+        eprintln!("NOT RUN: no_permission_on_dev_kvm_is_one_line needs root to drop to an unprivileged user");
+        return;
+    }
+    // Copy the binary where user nobody can execute it, then drop privileges.
+    let dir = std::env::temp_dir().join(format!("splitvm-perm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("splitvm");
+    std::fs::copy(env!("CARGO_BIN_EXE_splitvm"), &bin).unwrap();
+    let kernel = dir.join("k");
+    std::fs::write(&kernel, b"not a kernel").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for p in [&dir, &bin, &kernel] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["run", "--kernel"])
+        .arg(&kernel)
+        .output()
+        .expect("run setpriv");
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot open /dev/kvm: Permission denied"),
+        "{err}"
+    );
+}
