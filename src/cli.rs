@@ -86,6 +86,10 @@ pub struct RunArgs {
     /// CPU mode at the raw entry point.
     #[arg(long, value_enum, default_value_t = EntryMode::Long)]
     pub entry_mode: EntryMode,
+    /// Enter an ELF vmlinux through its PVH entry point (32-bit) instead of
+    /// the 64-bit Linux boot protocol.
+    #[arg(long)]
+    pub pvh: bool,
     /// Stop the VM after this many seconds (exit status 6).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,

@@ -4,9 +4,9 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use arch::layout::{self, BOOT_STACK_POINTER, HIGH_MEMORY_START};
-use arch::multiboot;
+use arch::layout::{self, BOOT_STACK_POINTER};
 use arch::regs::EntryMode;
+use arch::{linux, mptable, multiboot};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::cli::{self, KernelFormat, RunArgs};
@@ -42,6 +42,11 @@ fn is_elf(b: &[u8]) -> bool {
 
 fn is_bzimage(b: &[u8]) -> bool {
     b.get(0x202..0x206) == Some(b"HdrS")
+}
+
+/// The I/O APIC's ID in the MP table: the first ID after the CPUs' APIC IDs.
+pub fn ioapic_mp_id(cpus: u32) -> u8 {
+    cpus.min(254) as u8
 }
 
 /// Decide the format of `image` for `--kernel-format auto`.
@@ -133,8 +138,36 @@ pub fn load(args: &RunArgs, mem: &GuestMemoryMmap, mem_size: u64) -> Result<(Boo
             ))
         }
         KernelFormat::Elf | KernelFormat::Bzimage => {
-            let _ = HIGH_MEMORY_START;
-            Err(load_err("Linux boot protocols are not wired in yet".into()))
+            let open = |what: &'static str, p: &Path| {
+                File::open(p).map_err(|err| Error::File {
+                    what,
+                    path: p.to_path_buf(),
+                    err,
+                })
+            };
+            let mut kernel = open("kernel", &args.kernel)?;
+            let mut initrd = match &args.initrd {
+                Some(p) => Some(open("initrd", p)?),
+                None => None,
+            };
+            let boot =
+                linux::load_linux(mem, &mut kernel, initrd.as_mut(), &args.cmdline, args.pvh)
+                    .map_err(|e| load_err(e.to_string()))?;
+            // The MP table tells Linux about every CPU and the userspace
+            // I/O APIC (ISA IRQ 0 on pin 2, IRQ n on pin n).
+            mptable::setup_mptable(mem, args.cpus as u8, ioapic_mp_id(args.cpus))
+                .map_err(|e| load_err(format!("MP table: {e}")))?;
+            Ok((
+                BootState {
+                    entry: boot.entry,
+                    mode: boot.mode,
+                    rsi: boot.rsi,
+                    rax: 0,
+                    rbx: boot.rbx,
+                    rsp: 0,
+                },
+                Protocol::Linux,
+            ))
         }
         KernelFormat::Auto => Err(Error::UnknownFormat(args.kernel.clone())),
     }
