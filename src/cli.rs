@@ -96,6 +96,18 @@ pub struct RunArgs {
     /// Progress line on stderr while the guest runs: auto (when stderr is a terminal), always, never.
     #[arg(long, value_name = "WHEN", default_value = "auto")]
     pub progress: String,
+    /// With --stats-json: rewrite the JSON file every SECS seconds while the
+    /// VM runs (atomically: a temporary file renamed over it).
+    #[arg(long, value_name = "SECS", requires = "stats_json", value_parser = parse_interval)]
+    pub stats_interval: Option<f64>,
+    /// Tell KVM not to exit on these guest instructions
+    /// (KVM_CAP_X86_DISABLE_EXITS): comma-separated hlt, pause, mwait, cstate.
+    #[arg(long, value_name = "LIST", value_parser = crate::host::parse_disable_exits)]
+    pub disable_exits: Option<u32>,
+    /// Trace KVM's interrupt and exit events for this VM (root, tracefs) and
+    /// attribute them to interrupt sources in the report.
+    #[arg(long)]
+    pub trace_exits: bool,
 }
 
 pub fn parse_u64(s: &str) -> Result<u64, String> {
@@ -105,6 +117,15 @@ pub fn parse_u64(s: &str) -> Result<u64, String> {
         s.replace('_', "").parse()
     };
     r.map_err(|_| format!("'{s}' is not a number"))
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.05 => Ok(v),
+        _ => Err(format!(
+            "'{s}' is not an interval in seconds (0.05 or more)"
+        )),
+    }
 }
 
 /// Parse "128M", "1G", "65536", "512K" into bytes.

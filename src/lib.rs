@@ -3,8 +3,12 @@
 
 pub mod cli;
 pub mod error;
+pub mod host;
+pub mod kvm_stats;
 pub mod loader;
+pub mod sources;
 pub mod stats;
+pub mod trace;
 pub mod vcpu;
 pub mod vm;
 pub mod vmm;

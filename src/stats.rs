@@ -1,10 +1,27 @@
-//! Exit counters: one `VcpuStats` per vCPU thread (no sharing on the hot
-//! path), merged into a `Report` at VM exit. The per-source report of a
-//! later stage grows from here.
+//! Exit counters and the exit report.
+//!
+//! Each vCPU thread owns a [`VcpuCounters`] (atomics with a single writer:
+//! an increment is a plain load and store, no lock prefix and no lock), so
+//! the supervisor can take a [`VcpuStats`] snapshot at any time while the
+//! vCPUs run (`--stats-interval`) and at VM exit. Snapshots merge into a
+//! [`Report`], printed by `--stats` and written by `--stats-json`
+//! (docs/stats-schema.md).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use serde::Serialize;
+
+use crate::host::HostReport;
+use crate::kvm_stats::KvmStatsReport;
+use crate::sources::SourceReport;
+use crate::trace::TraceReport;
+
+/// Version of the JSON report. 2 added `sources`, `kvm_stats`, `host`,
+/// `trace`, `disable_exits`, `snapshot` and the EOI attribution totals; every
+/// version-1 field is still there with the same name and meaning.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// KVM_RUN exit reasons we count, in report order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +71,153 @@ impl ExitKind {
     }
 }
 
-/// Counters owned by one vCPU thread.
+/// A counter with one writer (its vCPU thread) and any number of readers.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Add one. Only the owning thread may call this: load and store are
+    /// separate (no read-modify-write), which is what makes it cheap.
+    #[inline]
+    pub fn inc(&self) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
+    }
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+fn counters(n: usize) -> Vec<Counter> {
+    (0..n).map(|_| Counter::default()).collect()
+}
+
+fn read_all(c: &[Counter]) -> Vec<u64> {
+    c.iter().map(Counter::get).collect()
+}
+
+/// Live counters of one vCPU, written only by its thread. The unhandled
+/// maps sit behind a mutex that only that thread and snapshots take
+/// (uncontended; only on exits no device claims).
+#[derive(Debug)]
+pub struct VcpuCounters {
+    pub id: u32,
+    pub exits: Vec<Counter>,
+    pub eoi_vectors: Vec<Counter>,
+    pub pio_device: Vec<Counter>,
+    pub mmio_device: Vec<Counter>,
+    /// Per interrupt source (index in the `SourceRegistry`).
+    pub source_eoi: Vec<Counter>,
+    pub source_pio: Vec<Counter>,
+    pub source_mmio: Vec<Counter>,
+    /// EOI exits whose vector no level pin carried at the time.
+    pub eoi_unattributed: Counter,
+    /// EOI exits that completed more than one pin (shared vector).
+    pub eoi_shared: Counter,
+    pub unhandled_pio: Mutex<BTreeMap<u16, u64>>,
+    pub unhandled_mmio: Mutex<BTreeMap<u64, u64>>,
+}
+
+impl VcpuCounters {
+    pub fn new(id: u32, pio_devices: usize, mmio_devices: usize, sources: usize) -> Self {
+        VcpuCounters {
+            id,
+            exits: counters(EXIT_KINDS.len()),
+            eoi_vectors: counters(256),
+            pio_device: counters(pio_devices),
+            mmio_device: counters(mmio_devices),
+            source_eoi: counters(sources),
+            source_pio: counters(sources),
+            source_mmio: counters(sources),
+            eoi_unattributed: Counter::default(),
+            eoi_shared: Counter::default(),
+            unhandled_pio: Mutex::new(BTreeMap::new()),
+            unhandled_mmio: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    #[inline]
+    pub fn exit(&self, kind: ExitKind) {
+        self.exits[kind as usize].inc();
+    }
+
+    #[inline]
+    pub fn source_pio(&self, source: Option<usize>) {
+        if let Some(c) = source.and_then(|s| self.source_pio.get(s)) {
+            c.inc();
+        }
+    }
+
+    #[inline]
+    pub fn source_mmio(&self, source: Option<usize>) {
+        if let Some(c) = source.and_then(|s| self.source_mmio.get(s)) {
+            c.inc();
+        }
+    }
+
+    /// Count one EOI exit against the sources of the pins in `pins` (a bit
+    /// mask from `sources::eoi_pins`).
+    pub fn eoi_exit(&self, pins: u32, pin_source: impl Fn(usize) -> Option<usize>) {
+        if pins == 0 {
+            self.eoi_unattributed.inc();
+            return;
+        }
+        if pins.count_ones() > 1 {
+            self.eoi_shared.inc();
+        }
+        for pin in 0..32 {
+            if pins & (1 << pin) != 0 {
+                if let Some(c) = pin_source(pin).and_then(|s| self.source_eoi.get(s)) {
+                    c.inc();
+                }
+            }
+        }
+    }
+
+    pub fn unhandled_pio(&self, port: u16) {
+        *devices::interrupt::lock(&self.unhandled_pio)
+            .entry(port)
+            .or_default() += 1;
+    }
+
+    pub fn unhandled_mmio(&self, addr: u64) {
+        *devices::interrupt::lock(&self.unhandled_mmio)
+            .entry(addr)
+            .or_default() += 1;
+    }
+
+    /// A consistent-enough copy (each counter read once; counters keep
+    /// moving while the vCPU runs).
+    pub fn snapshot(&self) -> VcpuStats {
+        let mut exits = [0u64; EXIT_KINDS.len()];
+        for (d, c) in exits.iter_mut().zip(&self.exits) {
+            *d = c.get();
+        }
+        let mut eoi_vectors = [0u64; 256];
+        for (d, c) in eoi_vectors.iter_mut().zip(&self.eoi_vectors) {
+            *d = c.get();
+        }
+        VcpuStats {
+            id: self.id,
+            exits,
+            eoi_vectors,
+            pio_device: read_all(&self.pio_device),
+            mmio_device: read_all(&self.mmio_device),
+            source_eoi: read_all(&self.source_eoi),
+            source_pio: read_all(&self.source_pio),
+            source_mmio: read_all(&self.source_mmio),
+            eoi_unattributed: self.eoi_unattributed.get(),
+            eoi_shared: self.eoi_shared.get(),
+            unhandled_pio: devices::interrupt::lock(&self.unhandled_pio).clone(),
+            unhandled_mmio: devices::interrupt::lock(&self.unhandled_mmio).clone(),
+        }
+    }
+}
+
+/// A snapshot of one vCPU's counters.
 #[derive(Debug, Clone)]
 pub struct VcpuStats {
     pub id: u32,
@@ -62,6 +225,11 @@ pub struct VcpuStats {
     pub eoi_vectors: [u64; 256],
     pub pio_device: Vec<u64>,
     pub mmio_device: Vec<u64>,
+    pub source_eoi: Vec<u64>,
+    pub source_pio: Vec<u64>,
+    pub source_mmio: Vec<u64>,
+    pub eoi_unattributed: u64,
+    pub eoi_shared: u64,
     pub unhandled_pio: BTreeMap<u16, u64>,
     pub unhandled_mmio: BTreeMap<u64, u64>,
 }
@@ -74,6 +242,11 @@ impl VcpuStats {
             eoi_vectors: [0; 256],
             pio_device: vec![0; pio_devices],
             mmio_device: vec![0; mmio_devices],
+            source_eoi: Vec::new(),
+            source_pio: Vec::new(),
+            source_mmio: Vec::new(),
+            eoi_unattributed: 0,
+            eoi_shared: 0,
             unhandled_pio: BTreeMap::new(),
             unhandled_mmio: BTreeMap::new(),
         }
@@ -111,7 +284,23 @@ pub struct MsiPortReport {
     pub injected: u64,
 }
 
+/// Which snapshot of the run a report is.
+#[derive(Debug, Serialize, Default, Clone)]
+pub struct SnapshotInfo {
+    /// True for the report written when the VM stopped; false for a
+    /// `--stats-interval` snapshot taken while it runs.
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    /// 0, 1, 2, ... for interval snapshots; the final report carries the
+    /// next number.
+    pub sequence: u64,
+    /// Milliseconds since the VMM started.
+    pub elapsed_ms: u64,
+}
+
 /// The exit report, as printed by `--stats` and written by `--stats-json`.
+/// Fields up to `msi_test_port` are schema version 1 and keep their names
+/// and meaning; the rest came with version 2 (docs/stats-schema.md).
 #[derive(Debug, Serialize, Default)]
 pub struct Report {
     pub schema_version: u32,
@@ -129,6 +318,20 @@ pub struct Report {
     pub unhandled_mmio: BTreeMap<String, u64>,
     pub ioapic_pins: Vec<PinReport>,
     pub msi_test_port: Option<MsiPortReport>,
+    // ---- schema version 2 ----
+    pub snapshot: SnapshotInfo,
+    pub host: Option<HostReport>,
+    /// Exits KVM was told not to take (KVM_CAP_X86_DISABLE_EXITS).
+    pub disable_exits: Vec<String>,
+    /// Per interrupt source (see src/sources.rs).
+    pub sources: Vec<SourceReport>,
+    /// EOI exits no level pin carried the vector of at the time.
+    pub eoi_exits_unattributed: u64,
+    /// EOI exits that completed several pins sharing one vector (counted
+    /// once per pin in `sources`).
+    pub eoi_exits_shared: u64,
+    pub kvm_stats: Option<KvmStatsReport>,
+    pub trace: Option<TraceReport>,
 }
 
 fn kinds_map(exits: &[u64; EXIT_KINDS.len()]) -> BTreeMap<&'static str, u64> {
@@ -144,7 +347,7 @@ impl Report {
     /// Merge per-vCPU counters; device names index the per-device vectors.
     pub fn from_vcpus(vcpus: &[VcpuStats], pio_names: &[String], mmio_names: &[String]) -> Self {
         let mut r = Report {
-            schema_version: 1,
+            schema_version: SCHEMA_VERSION,
             ..Default::default()
         };
         let mut totals = [0u64; EXIT_KINDS.len()];
@@ -179,6 +382,8 @@ impl Report {
             for (addr, n) in &v.unhandled_mmio {
                 *r.unhandled_mmio.entry(format!("{addr:#x}")).or_default() += n;
             }
+            r.eoi_exits_unattributed += v.eoi_unattributed;
+            r.eoi_exits_shared += v.eoi_shared;
         }
         r.total_exits = totals.iter().sum();
         r.exits = kinds_map(&totals);
@@ -190,6 +395,16 @@ impl Report {
         use std::fmt::Write;
         let mut s = String::new();
         let _ = writeln!(s, "=== splitvm exit report ===");
+        if let Some(h) = &self.host {
+            let _ = writeln!(s, "{}", h.summary);
+        }
+        if !self.disable_exits.is_empty() {
+            let _ = writeln!(
+                s,
+                "KVM exits disabled (KVM_CAP_X86_DISABLE_EXITS): {}",
+                self.disable_exits.join(", ")
+            );
+        }
         let _ = writeln!(
             s,
             "exit: {} (status {}){}, wall time {} ms",
@@ -256,8 +471,449 @@ impl Report {
         if let Some(m) = &self.msi_test_port {
             let _ = writeln!(s, "MSI test port: {} injected", m.injected);
         }
+        self.sources_table(&mut s);
+        self.kvm_stats_table(&mut s);
+        self.trace_table(&mut s);
         s
     }
+
+    fn sources_table(&self, s: &mut String) {
+        use std::fmt::Write;
+        if self.sources.is_empty() {
+            return;
+        }
+        let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "n/a".into());
+        let _ = writeln!(
+            s,
+            "{:<26}{:<18}{:>8}{:>10}{:>6}{:>10}{:>10}{:>10}  in-kernel (trace)",
+            "Interrupt sources",
+            "routed to",
+            "raised",
+            "delivered",
+            "coal",
+            "eoi-exits",
+            "reg-exits",
+            "exits/int"
+        );
+        for r in &self.sources {
+            let label = match (r.kind, r.pin) {
+                (crate::sources::SourceKind::IoapicPin, Some(p)) => format!("{} (pin {p})", r.name),
+                (crate::sources::SourceKind::Msi, _) => format!("{} (msi)", r.name),
+                _ if r.in_kernel => format!("{} (in KVM)", r.name),
+                _ => r.name.clone(),
+            };
+            let mut route: Vec<String> = r
+                .routes
+                .iter()
+                .take(2)
+                .map(|x| {
+                    format!(
+                        "{:#04x}>{}{}{}{}",
+                        x.vector,
+                        if x.dest_mode == "logical" { "L" } else { "" },
+                        x.destination,
+                        if x.trigger == "level" { " lvl" } else { "" },
+                        if x.masked { " M" } else { "" }
+                    )
+                })
+                .collect();
+            if r.routes.len() > 2 {
+                route.push(format!("+{}", r.routes.len() - 2));
+            }
+            let route = if route.is_empty() {
+                "-".to_string()
+            } else {
+                route.join(",")
+            };
+            let reg = match (r.pio_exits, r.mmio_exits) {
+                (Some(p), Some(m)) => Some(p + m),
+                _ => None,
+            };
+            let per = r
+                .exits_per_interrupt
+                .map(|x| format!("{x:.2}"))
+                .unwrap_or_else(|| "n/a".into());
+            let traced = match &r.traced {
+                None if self.trace.as_ref().is_some_and(|t| t.available) => "0".to_string(),
+                None => "n/a".to_string(),
+                Some(t) => {
+                    let mut v = Vec::new();
+                    for (n, x) in [
+                        ("set_irq", t.set_irq),
+                        ("msi", t.msi_set_irq),
+                        ("accept", t.apic_accept_irq),
+                        ("inj", t.inj_virq),
+                        ("eoi", t.kvm_eoi),
+                        ("ipi", t.apic_ipi),
+                    ] {
+                        if x > 0 {
+                            v.push(format!("{n} {x}"));
+                        }
+                    }
+                    v.join(" ")
+                }
+            };
+            let _ = writeln!(
+                s,
+                "  {:<24}{:<18}{:>8}{:>10}{:>6}{:>10}{:>10}{:>10}  {}",
+                label.chars().take(23).collect::<String>(),
+                route.chars().take(17).collect::<String>(),
+                opt(r.raised),
+                opt(r.delivered),
+                opt(r.coalesced),
+                opt(r.eoi_exits),
+                opt(reg),
+                per,
+                traced
+            );
+        }
+        if self.eoi_exits_unattributed + self.eoi_exits_shared > 0 {
+            let _ = writeln!(
+                s,
+                "  EOI exits with no level pin on the vector: {}; completing a shared vector: {}",
+                self.eoi_exits_unattributed, self.eoi_exits_shared
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  (eoi-exits: KVM_EXIT_IOAPIC_EOI attributed at exit time; reg-exits: userspace PIO/MMIO exits on the source's registers; exits/int = (eoi+reg)/delivered; IPIs and LAPIC timer never leave KVM: counted only by --trace-exits)"
+        );
+    }
+
+    fn kvm_stats_table(&self, s: &mut String) {
+        use std::fmt::Write;
+        let Some(k) = &self.kvm_stats else {
+            return;
+        };
+        if !k.available {
+            let _ = writeln!(
+                s,
+                "KVM binary stats: not available ({})",
+                k.error.as_deref().unwrap_or("no KVM_CAP_BINARY_STATS_FD")
+            );
+            return;
+        }
+        let _ = write!(s, "{:<28}", "KVM stats (vCPU, delta)");
+        for v in &k.vcpus {
+            let _ = write!(s, "{:>12}", format!("vcpu{}", v.id));
+        }
+        let _ = writeln!(s, "{:>12}", "total");
+        let mut zero = 0;
+        for (name, total) in &k.vcpu_total {
+            if *total == 0 {
+                zero += 1;
+                continue;
+            }
+            let _ = write!(s, "  {:<26}", name.chars().take(26).collect::<String>());
+            for v in &k.vcpus {
+                let _ = write!(
+                    s,
+                    "{:>12}",
+                    v.delta.cumulative.get(name).copied().unwrap_or(0)
+                );
+            }
+            let _ = writeln!(s, "{total:>12}");
+        }
+        if zero > 0 {
+            let _ = writeln!(s, "  ({zero} more vCPU counters stayed 0)");
+        }
+        let vm: Vec<String> =
+            k.vm.cumulative
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(n, v)| format!("{n} {v}"))
+                .collect();
+        if !vm.is_empty() {
+            let _ = writeln!(s, "KVM stats (VM, delta): {}", vm.join(", "));
+        }
+        if let Some(e) = &k.error {
+            let _ = writeln!(s, "  KVM stats errors: {e}");
+        }
+    }
+
+    fn trace_table(&self, s: &mut String) {
+        use std::fmt::Write;
+        let Some(t) = &self.trace else {
+            return;
+        };
+        if !t.available {
+            let _ = writeln!(
+                s,
+                "trace: not available ({}); per-source numbers above come from counters only",
+                t.unavailable.as_deref().unwrap_or("unknown reason")
+            );
+            return;
+        }
+        let ev: Vec<String> = t
+            .event_counts
+            .iter()
+            .map(|(n, v)| format!("{n} {v}"))
+            .collect();
+        let _ = writeln!(s, "trace events: {}", ev.join(", "));
+        if !t.events_silent.is_empty() {
+            let _ = writeln!(
+                s,
+                "  did not fire (not available on this host): {}",
+                t.events_silent.join(", ")
+            );
+        }
+        if !t.events_missing.is_empty() {
+            let _ = writeln!(s, "  not in this kernel: {}", t.events_missing.join(", "));
+        }
+        if !t.kvm_exit_reasons.is_empty() {
+            let r: Vec<String> = t
+                .kvm_exit_reasons
+                .iter()
+                .map(|(n, v)| format!("{n} {v}"))
+                .collect();
+            let _ = writeln!(s, "  kvm_exit reasons: {}", r.join(", "));
+        }
+        if t.eoi_without_isr > 0 {
+            let _ = writeln!(
+                s,
+                "  kvm_eoi with no vector in service: {} (not attributed; on kvm_pvm each EOI write is seen twice)",
+                t.eoi_without_isr
+            );
+        }
+        let unattr = t.unattributed.total();
+        if unattr > 0 {
+            let _ = writeln!(
+                s,
+                "  unattributed: {unattr} events (kvm_msi_set_irq also fires for every route KVM scans, e.g. after KVM_SET_GSI_ROUTING)"
+            );
+        }
+        if let Some(o) = t.overrun.filter(|o| *o > 0) {
+            let _ = writeln!(s, "  WARNING: {o} trace events lost (ring buffer overrun)");
+        }
+        if !t.comparison.is_empty() {
+            let _ = writeln!(
+                s,
+                "  {:<46}{:>13}  {:<26}{:>8}",
+                "trace vs counters", "trace", "counter", "value"
+            );
+            for c in &t.comparison {
+                let _ = writeln!(
+                    s,
+                    "  {:<46}{:>13}  {:<26}{:>8}",
+                    format!("{} ({})", c.what, c.trace_event)
+                        .chars()
+                        .take(46)
+                        .collect::<String>(),
+                    c.trace
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "did not fire".into()),
+                    c.counter.chars().take(26).collect::<String>(),
+                    c.value
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "n/a".into())
+                );
+            }
+        }
+    }
+}
+
+/// Everything a report is built from besides the vCPU snapshots; the same
+/// inputs serve interval snapshots and the final report.
+pub struct ReportInputs<'a> {
+    pub started: std::time::Instant,
+    pub pio_names: &'a [String],
+    pub mmio_names: &'a [String],
+    pub ioapic: &'a std::sync::Mutex<devices::ioapic::IoApic>,
+    pub msi_injected: Option<&'a AtomicU64>,
+    pub sources: &'a crate::sources::SourceRegistry,
+    pub kvm_stats: Option<&'a crate::kvm_stats::KvmStats>,
+    pub host: &'a HostReport,
+    pub disable_exits: u32,
+}
+
+impl ReportInputs<'_> {
+    /// Build a report. `reason` is None for a snapshot of a running VM
+    /// (then `exit_reason` is "running" and `exit_status` -1).
+    pub fn build(
+        &self,
+        vcpus: &[VcpuStats],
+        reason: Option<&devices::ExitReason>,
+        snapshot: SnapshotInfo,
+        mut trace: Option<TraceReport>,
+    ) -> Report {
+        use devices::ExitReason;
+        let mut report = Report::from_vcpus(vcpus, self.pio_names, self.mmio_names);
+        match reason {
+            Some(reason) => {
+                report.exit_status = reason.status();
+                report.exit_reason = reason.name().to_string();
+                report.exit_detail = match reason {
+                    ExitReason::GuestError(m) | ExitReason::VmmError(m) => Some(m.clone()),
+                    ExitReason::DebugExit(v) => Some(format!("guest wrote {v:#x} to port 0xf4")),
+                    ExitReason::Signal(s) => Some(format!("signal {s}")),
+                    _ => None,
+                };
+            }
+            None => {
+                report.exit_status = -1;
+                report.exit_reason = "running".to_string();
+            }
+        }
+        report.wall_time_ms = self.started.elapsed().as_millis() as u64;
+        let (routes, pins) = {
+            let io = devices::interrupt::lock(self.ioapic);
+            (io.routes(), io.pin_stats().to_vec())
+        };
+        for (pin, p) in pins.iter().enumerate() {
+            if p.raised + p.delivered + p.coalesced + p.masked_drops + p.eoi + p.invalid > 0 {
+                report.ioapic_pins.push(PinReport {
+                    pin,
+                    raised: p.raised,
+                    delivered: p.delivered,
+                    coalesced: p.coalesced,
+                    masked_drops: p.masked_drops,
+                    eoi: p.eoi,
+                    invalid: p.invalid,
+                });
+            }
+        }
+        report.msi_test_port = self.msi_injected.map(|c| MsiPortReport {
+            injected: c.load(Ordering::Relaxed),
+        });
+        report.snapshot = snapshot;
+        report.host = Some(self.host.clone());
+        report.disable_exits = crate::host::disable_exits_names(self.disable_exits);
+        report.kvm_stats = self.kvm_stats.map(|k| k.report());
+        report.sources = self.sources.report(
+            &routes,
+            &pins,
+            vcpus,
+            trace.as_ref().filter(|t| t.available).map(|t| &t.by_source),
+        );
+        if let Some(t) = trace.as_mut().filter(|t| t.available) {
+            t.comparison = compare(&report, t);
+        }
+        report.trace = trace;
+        report
+    }
+}
+
+/// Trace totals next to KVM binary statistics and splitvm's own counters.
+fn compare(r: &Report, t: &TraceReport) -> Vec<crate::trace::Comparison> {
+    use crate::trace::Comparison;
+    let ev = |n: &str| -> Option<u64> {
+        if t.events_enabled.iter().any(|e| e == n) {
+            t.event_counts.get(n).copied()
+        } else {
+            None
+        }
+    };
+    let kvm = |n: &str| -> Option<u64> {
+        r.kvm_stats
+            .as_ref()
+            .filter(|k| k.available)
+            .and_then(|k| k.vcpu_total.get(n).copied())
+    };
+    let delivered_userspace: u64 = r
+        .sources
+        .iter()
+        .filter(|s| !s.in_kernel)
+        .filter_map(|s| s.delivered)
+        .sum();
+    let row =
+        |what: &str, e: &str, trace: Option<u64>, counter: &str, value: Option<u64>| Comparison {
+            what: what.into(),
+            trace_event: e.into(),
+            trace,
+            counter: counter.into(),
+            value,
+        };
+    let accepted = match (ev("kvm_apic_accept_irq"), ev("kvm_apicv_accept_irq")) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+    };
+    let in_kernel_accepted: u64 = r
+        .sources
+        .iter()
+        .filter(|s| s.in_kernel)
+        .filter_map(|s| s.traced.as_ref())
+        .map(|t| t.apic_accept_irq)
+        .sum();
+    let eoi_with_vector = ev("kvm_eoi").map(|n| n.saturating_sub(t.eoi_without_isr));
+    let exit_reason = |reason: &str| {
+        t.kvm_exit_reasons
+            .get(reason)
+            .copied()
+            .or(ev("kvm_exit").map(|_| 0))
+    };
+    vec![
+        row(
+            "all exits",
+            "kvm_exit",
+            ev("kvm_exit"),
+            "kvm: exits",
+            kvm("exits"),
+        ),
+        row(
+            "returns to userspace",
+            "kvm_userspace_exit",
+            ev("kvm_userspace_exit"),
+            "splitvm: KVM_RUN exits",
+            Some(r.total_exits),
+        ),
+        row(
+            "interrupts injected",
+            "kvm_inj_virq",
+            ev("kvm_inj_virq"),
+            "kvm: irq_injections",
+            kvm("irq_injections"),
+        ),
+        row(
+            "accepted by a LAPIC, from userspace",
+            "kvm_apic_accept_irq",
+            accepted.map(|a| a.saturating_sub(in_kernel_accepted)),
+            "splitvm: delivered",
+            Some(delivered_userspace),
+        ),
+        row(
+            "accepted by a LAPIC, all",
+            "kvm_apic_accept_irq",
+            accepted,
+            "kvm: irq_injections",
+            kvm("irq_injections"),
+        ),
+        row(
+            "EOIs of an in-service vector",
+            "kvm_eoi",
+            eoi_with_vector,
+            "kvm: irq_injections",
+            kvm("irq_injections"),
+        ),
+        row(
+            "external-interrupt exits",
+            "kvm_exit EXTERNAL_INTERRUPT",
+            exit_reason("EXTERNAL_INTERRUPT"),
+            "kvm: irq_exits",
+            kvm("irq_exits"),
+        ),
+        row(
+            "HLT exits",
+            "kvm_exit HLT",
+            exit_reason("HLT"),
+            "kvm: halt_exits",
+            kvm("halt_exits"),
+        ),
+    ]
+}
+
+/// Write `report` as JSON to `path` atomically: a temporary file in the
+/// same directory, renamed over `path`.
+pub fn write_json_atomic(path: &std::path::Path, report: &Report) -> std::io::Result<()> {
+    let json = serde_json::to_string_pretty(report).map_err(std::io::Error::other)? + "\n";
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "stats.json".into());
+    let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
+    std::fs::write(&tmp, json)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 #[cfg(test)]

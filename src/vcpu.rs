@@ -19,7 +19,8 @@ use devices::ioapic::IoApic;
 use devices::{Bus, ExitReason, VmControl};
 
 use crate::error::{kvm, Error, Result};
-use crate::stats::{ExitKind, VcpuStats};
+use crate::sources::{self, SourceRegistry};
+use crate::stats::{ExitKind, VcpuCounters, VcpuStats};
 
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
@@ -116,15 +117,15 @@ pub struct VcpuContext {
     pub control: Arc<VmControl>,
     pub mem: GuestMemoryMmap,
     pub total_exits: Arc<AtomicU64>,
+    /// This vCPU's counters (written only here, read by the supervisor).
+    pub counters: Arc<VcpuCounters>,
+    /// Interrupt sources: which source owns a port, an address, a pin.
+    pub sources: Arc<SourceRegistry>,
 }
 
-/// Run `vcpu` until the VM stops; returns its counters.
+/// Run `vcpu` until the VM stops; returns a final snapshot of its counters.
 pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, ctx: VcpuContext) -> VcpuStats {
-    let mut stats = VcpuStats::new(
-        id,
-        ctx.pio.device_names().len(),
-        ctx.mmio.device_names().len(),
-    );
+    let stats = ctx.counters.clone();
     loop {
         if ctx.control.is_stopping() {
             break;
@@ -137,42 +138,54 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, ctx: VcpuContext) -> VcpuStats {
                 match exit {
                     VcpuExit::IoIn(port, data) => {
                         stats.exit(ExitKind::Io);
+                        stats.source_pio(ctx.sources.pio_source(port as u64));
                         match ctx.pio.read(port as u64, data) {
-                            Some(i) => stats.pio_device[i] += 1,
+                            Some(i) => stats.pio_device[i].inc(),
                             None => {
                                 data.fill(0xff);
-                                *stats.unhandled_pio.entry(port).or_default() += 1;
+                                stats.unhandled_pio(port);
                             }
                         }
                     }
                     VcpuExit::IoOut(port, data) => {
                         stats.exit(ExitKind::Io);
+                        stats.source_pio(ctx.sources.pio_source(port as u64));
                         match ctx.pio.write(port as u64, data) {
-                            Some(i) => stats.pio_device[i] += 1,
-                            None => *stats.unhandled_pio.entry(port).or_default() += 1,
+                            Some(i) => stats.pio_device[i].inc(),
+                            None => stats.unhandled_pio(port),
                         }
                     }
                     VcpuExit::MmioRead(addr, data) => {
                         stats.exit(ExitKind::Mmio);
+                        stats.source_mmio(ctx.sources.mmio_source(addr));
                         match ctx.mmio.read(addr, data) {
-                            Some(i) => stats.mmio_device[i] += 1,
+                            Some(i) => stats.mmio_device[i].inc(),
                             None => {
                                 data.fill(0xff);
-                                *stats.unhandled_mmio.entry(addr).or_default() += 1;
+                                stats.unhandled_mmio(addr);
                             }
                         }
                     }
                     VcpuExit::MmioWrite(addr, data) => {
                         stats.exit(ExitKind::Mmio);
+                        stats.source_mmio(ctx.sources.mmio_source(addr));
                         match ctx.mmio.write(addr, data) {
-                            Some(i) => stats.mmio_device[i] += 1,
-                            None => *stats.unhandled_mmio.entry(addr).or_default() += 1,
+                            Some(i) => stats.mmio_device[i].inc(),
+                            None => stats.unhandled_mmio(addr),
                         }
                     }
                     VcpuExit::IoapicEoi(vector) => {
                         stats.exit(ExitKind::IoapicEoi);
-                        stats.eoi_vectors[vector as usize] += 1;
-                        lock(&ctx.ioapic).end_of_interrupt(vector);
+                        stats.eoi_vectors[vector as usize].inc();
+                        // Attribute now, to the level pins that carry this
+                        // vector at this moment (before Remote IRR clears).
+                        let pins = {
+                            let mut io = lock(&ctx.ioapic);
+                            let pins = sources::eoi_pins(&io, vector);
+                            io.end_of_interrupt(vector);
+                            pins
+                        };
+                        stats.eoi_exit(pins, |p| ctx.sources.pin_source(p));
                     }
                     VcpuExit::Hlt => stats.exit(ExitKind::Hlt),
                     VcpuExit::Intr => stats.exit(ExitKind::Intr),
@@ -243,7 +256,7 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, ctx: VcpuContext) -> VcpuStats {
             )));
         }
     }
-    stats
+    stats.snapshot()
 }
 
 /// One line: vCPU, RIP, instruction bytes, suberror.

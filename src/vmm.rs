@@ -22,8 +22,12 @@ use devices::{fwcfg::FwCfg, Bus, BusDevice, ExitReason, IrqLine, MsiRouting, VmC
 
 use crate::cli::{parse_size, RunArgs};
 use crate::error::{Error, Result};
+use crate::host;
+use crate::kvm_stats::KvmStats;
 use crate::loader;
-use crate::stats::{MsiPortReport, PinReport, Report, VcpuStats};
+use crate::sources::SourceRegistry;
+use crate::stats::{ReportInputs, SnapshotInfo, VcpuCounters, VcpuStats};
+use crate::trace::{TraceReport, Tracer};
 use crate::vcpu::{self, VcpuContext};
 use crate::vm::{self, GsiRouter};
 
@@ -133,6 +137,18 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     }
     let mem = vm::guest_memory(mem_size)?;
     let vm_fd = Arc::new(vm::create_vm(&kvm, &mem)?);
+    // Before any vCPU exists (KVM refuses it after).
+    if let Some(mask) = args.disable_exits {
+        host::disable_exits(&vm_fd, mask).map_err(|msg| Error::Setup {
+            what: "--disable-exits",
+            msg,
+        })?;
+    }
+    let host_report = host::detect();
+    let mut kvm_stats = KvmStats::new(&*vm_fd);
+    // Interrupt sources: the platform's pins and register ranges; devices
+    // with MSIs register below (see src/sources.rs).
+    let mut sources = SourceRegistry::platform(args.test_devices);
 
     let control = Arc::new(VmControl::new());
     let router: Arc<GsiRouter> = Arc::new(GsiRouter::new(vm_fd.clone()));
@@ -201,7 +217,10 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             dev(FwCfg::new(args.cpus as u16, mem_size)),
         )
         .map_err(io_setup("fw_cfg"))?;
-        let port = MsiTestPort::new(routing.clone());
+        let (msi_src, msi_routing) =
+            sources.register_msi_source("msi-test-port", routing.clone(), None);
+        sources.attach_pio(msi_src, testdev::MSI_TEST_PORT, testdev::MSI_TEST_LEN);
+        let port = MsiTestPort::new(msi_routing);
         msi_injected = Some(port.injected_counter());
         pio.insert(
             "msi-test-port",
@@ -231,7 +250,9 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let mut vcpus = Vec::new();
     for id in 0..args.cpus {
         let b = (id == 0).then_some(&boot);
-        vcpus.push(vcpu::create_vcpu(&vm_fd, id, &supported, cfg, &mem, b)?);
+        let v = vcpu::create_vcpu(&vm_fd, id, &supported, cfg, &mem, b)?;
+        kvm_stats.add_vcpu(id, &v);
+        vcpus.push(v);
     }
 
     register_signal_handler(kick_signal(), on_kick).map_err(|e| Error::Setup {
@@ -248,6 +269,30 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let pio = Arc::new(pio);
     let mmio = Arc::new(mmio);
     let total_exits = Arc::new(AtomicU64::new(0));
+    let sources = Arc::new(sources);
+    let mut trace_unavailable = None;
+    let tracer = if args.trace_exits {
+        match Tracer::start(sources.clone(), ioapic.clone()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("splitvm: --trace-exits: {e}");
+                trace_unavailable = Some(e);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let counters: Vec<Arc<VcpuCounters>> = (0..vcpus.len())
+        .map(|id| {
+            Arc::new(VcpuCounters::new(
+                id as u32,
+                pio.device_names().len(),
+                mmio.device_names().len(),
+                sources.len(),
+            ))
+        })
+        .collect();
     let mut handles = Vec::new();
     for (id, vcpu) in vcpus.into_iter().enumerate() {
         let ctx = VcpuContext {
@@ -257,6 +302,8 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             control: control.clone(),
             mem: mem.clone(),
             total_exits: total_exits.clone(),
+            counters: counters[id].clone(),
+            sources: sources.clone(),
         };
         let h = thread::Builder::new()
             .name(format!("vcpu{id}"))
@@ -268,7 +315,29 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         handles.push(h);
     }
 
-    // Supervise: stop requests, signals, timeout, progress.
+    if let Some(t) = &tracer {
+        t.add_threads();
+    }
+    let inputs = ReportInputs {
+        started,
+        pio_names: pio.device_names(),
+        mmio_names: mmio.device_names(),
+        ioapic: &ioapic,
+        msi_injected: msi_injected.as_deref(),
+        sources: &sources,
+        kvm_stats: Some(&kvm_stats),
+        host: &host_report,
+        disable_exits: args.disable_exits.unwrap_or(0),
+    };
+    let trace_report = |t: &Option<Tracer>| match t {
+        Some(t) => Some(t.snapshot()),
+        None => trace_unavailable.clone().map(TraceReport::unavailable),
+    };
+    let interval = args.stats_interval.map(Duration::from_secs_f64);
+    let mut last_snapshot = Instant::now();
+    let mut snapshot_seq = 0u64;
+
+    // Supervise: stop requests, signals, timeout, progress, snapshots.
     let progress = match args.progress.as_str() {
         "always" => true,
         "never" => false,
@@ -310,6 +379,22 @@ pub fn run(args: &RunArgs) -> Result<i32> {
                 line
             );
         }
+        if let (Some(iv), Some(path)) = (interval, &args.stats_json) {
+            if !control.is_stopping() && last_snapshot.elapsed() >= iv {
+                last_snapshot = Instant::now();
+                let snaps: Vec<VcpuStats> = counters.iter().map(|c| c.snapshot()).collect();
+                let snap = SnapshotInfo {
+                    is_final: false,
+                    sequence: snapshot_seq,
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                };
+                snapshot_seq += 1;
+                let r = inputs.build(&snaps, None, snap, trace_report(&tracer));
+                if let Err(e) = crate::stats::write_json_atomic(path, &r) {
+                    log::warn!("--stats-interval: cannot write {}: {e}", path.display());
+                }
+            }
+        }
         thread::sleep(Duration::from_millis(if control.is_stopping() {
             2
         } else {
@@ -332,35 +417,17 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         .reason()
         .unwrap_or_else(|| ExitReason::VmmError("VM stopped without a reason".into()));
 
-    let mut report = Report::from_vcpus(&stats, pio.device_names(), mmio.device_names());
-    report.exit_status = reason.status();
-    report.exit_reason = reason.name().to_string();
-    report.exit_detail = match &reason {
-        ExitReason::GuestError(m) | ExitReason::VmmError(m) => Some(m.clone()),
-        ExitReason::DebugExit(v) => Some(format!("guest wrote {v:#x} to port 0xf4")),
-        ExitReason::Signal(s) => Some(format!("signal {s}")),
-        _ => None,
+    // The tracer is finished (instance removed) before anything is printed.
+    let trace = match tracer {
+        Some(t) => Some(t.finish()),
+        None => trace_unavailable.clone().map(TraceReport::unavailable),
     };
-    report.wall_time_ms = started.elapsed().as_millis() as u64;
-    {
-        let io = lock(&ioapic);
-        for (pin, p) in io.pin_stats().iter().enumerate() {
-            if p.raised + p.delivered + p.coalesced + p.masked_drops + p.eoi + p.invalid > 0 {
-                report.ioapic_pins.push(PinReport {
-                    pin,
-                    raised: p.raised,
-                    delivered: p.delivered,
-                    coalesced: p.coalesced,
-                    masked_drops: p.masked_drops,
-                    eoi: p.eoi,
-                    invalid: p.invalid,
-                });
-            }
-        }
-    }
-    report.msi_test_port = msi_injected.map(|c| MsiPortReport {
-        injected: c.load(Ordering::Relaxed),
-    });
+    let snap = SnapshotInfo {
+        is_final: true,
+        sequence: snapshot_seq,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    };
+    let report = inputs.build(&stats, Some(&reason), snap, trace);
 
     if let ExitReason::GuestError(m) | ExitReason::VmmError(m) = &reason {
         eprintln!("splitvm: {m}");
@@ -369,8 +436,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         eprint!("{}", report.table());
     }
     if let Some(path) = &args.stats_json {
-        let json = serde_json::to_string_pretty(&report).unwrap_or_default();
-        std::fs::write(path, json + "\n").map_err(|err| Error::Output {
+        crate::stats::write_json_atomic(path, &report).map_err(|err| Error::Output {
             what: "stats JSON",
             path: path.clone(),
             err,

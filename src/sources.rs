@@ -1,0 +1,815 @@
+//! The interrupt-source registry: who owns each interrupt splitvm delivers,
+//! and which VM exits each source costs.
+//!
+//! A *source* is one thing that raises interrupts:
+//! - an I/O APIC pin (one source per pin, named after the device wired to
+//!   it: "pit" on pin 2, "serial" on pin 4, "pc-testdev" on the pins the
+//!   test device drives, later virtio-mmio pins);
+//! - an MSI source ([`SourceRegistry::register_msi_source`]): the MSI test
+//!   port today, MSI-X vectors of virtio-pci devices later;
+//! - the I/O APIC's own MMIO window (register accesses are not per pin, so
+//!   they are counted on a source of their own);
+//! - IPIs and LAPIC-local interrupts (timer, LINT, error). These never leave
+//!   KVM: only tracing (`--trace-exits`) can see them.
+//!
+//! What is counted per source:
+//! - raised / delivered / coalesced / masked drops: from the I/O APIC's
+//!   [`PinStats`] for pins, from the [`SourceRouting`] wrapper (or the
+//!   device's own [`MsiVectorCounters`]) for MSI sources;
+//! - EOI exits: every `KVM_EXIT_IOAPIC_EOI` is attributed, on the vCPU
+//!   thread at the moment of the exit, to the level pins that carry that
+//!   vector *then* (see [`eoi_pins`]), so a guest that reprograms an RTE
+//!   during the run is attributed correctly;
+//! - userspace PIO/MMIO exits on the source's own registers (address ranges
+//!   attached with [`SourceRegistry::attach_pio`] / `attach_mmio`).
+//!
+//! The registry is built before the vCPUs start and is immutable after
+//! that; per-vCPU counters are sized by [`SourceRegistry::len`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+
+use devices::ioapic::{IoApic, PinRoute, PinStats, NUM_PINS};
+use devices::{InterruptError, MsiMessage, MsiRouting};
+
+use crate::stats::VcpuStats;
+
+// RTE bits (82093AA) read through `IoApic::rte`.
+const RTE_REMOTE_IRR: u64 = 1 << 14;
+const RTE_LEVEL: u64 = 1 << 15;
+
+/// What kind of source a registry entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// An I/O APIC input pin (KVM GSI = pin).
+    IoapicPin,
+    /// A device that sends MSIs (MSI test port, MSI-X vectors).
+    Msi,
+    /// The I/O APIC's MMIO register window (not per pin).
+    IoapicMmio,
+    /// Inter-processor interrupts (ICR writes; handled inside KVM).
+    Ipi,
+    /// LAPIC-local interrupts: timer, LINT0/1, error (inside KVM).
+    LapicLocal,
+}
+
+/// Current counters of one MSI vector, as a device reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MsiVectorSnapshot {
+    /// Table index (MSI-X entry), or 0 for a single-message source.
+    pub index: u32,
+    pub address: u64,
+    pub data: u32,
+    pub masked: bool,
+    /// Interrupts the device asked for.
+    pub raised: u64,
+    /// Interrupts that reached KVM (through irqfd or an ioctl).
+    pub delivered: u64,
+    /// Raised while masked, held in the pending bit.
+    pub pending: u64,
+}
+
+/// Hook for devices that deliver MSIs without going through
+/// [`MsiRouting::signal`] (e.g. MSI-X through irqfd, which userspace never
+/// sees): they report their own per-vector counters and current messages.
+pub trait MsiVectorCounters: Send + Sync {
+    fn vectors(&self) -> Vec<MsiVectorSnapshot>;
+}
+
+/// Counters kept by [`SourceRouting`] for one MSI source.
+pub struct MsiSourceStats {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    per_vector: Vec<AtomicU64>,
+    /// Routes this source installed, by GSI (rarely written).
+    routes: RwLock<BTreeMap<u32, MsiMessage>>,
+    /// Last one-off message (`signal_msi`).
+    last_address: AtomicU64,
+    last_data: AtomicU32,
+    has_last: AtomicU32,
+}
+
+impl Default for MsiSourceStats {
+    fn default() -> Self {
+        MsiSourceStats {
+            delivered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            per_vector: (0..256).map(|_| AtomicU64::new(0)).collect(),
+            routes: RwLock::new(BTreeMap::new()),
+            last_address: AtomicU64::new(0),
+            last_data: AtomicU32::new(0),
+            has_last: AtomicU32::new(0),
+        }
+    }
+}
+
+impl MsiSourceStats {
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+    /// Messages this source delivers now: its GSI routes, plus the last
+    /// one-off message it sent.
+    pub fn messages(&self) -> Vec<MsiMessage> {
+        let mut v: Vec<MsiMessage> = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .copied()
+            .collect();
+        if self.has_last.load(Ordering::Acquire) != 0 {
+            let m = MsiMessage {
+                address: self.last_address.load(Ordering::Relaxed),
+                data: self.last_data.load(Ordering::Relaxed),
+            };
+            if !v.contains(&m) {
+                v.push(m);
+            }
+        }
+        v
+    }
+    /// Deliveries per vector (only vectors with a count).
+    pub fn per_vector(&self) -> BTreeMap<u8, u64> {
+        self.per_vector
+            .iter()
+            .enumerate()
+            .map(|(v, n)| (v as u8, n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+    fn count(&self, msg: MsiMessage) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        self.per_vector[msg.vector() as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// An [`MsiRouting`] that counts what one source delivers and remembers the
+/// messages it uses, then forwards to the VM's router. Give each MSI-capable
+/// device its own (from [`SourceRegistry::register_msi_source`]).
+pub struct SourceRouting {
+    inner: Arc<dyn MsiRouting>,
+    stats: Arc<MsiSourceStats>,
+}
+
+impl MsiRouting for SourceRouting {
+    fn set_route(&self, gsi: u32, msg: Option<MsiMessage>) -> Result<(), InterruptError> {
+        self.inner.set_route(gsi, msg)?;
+        let mut r = self.stats.routes.write().unwrap_or_else(|e| e.into_inner());
+        match msg {
+            Some(m) => r.insert(gsi, m),
+            None => r.remove(&gsi),
+        };
+        Ok(())
+    }
+
+    fn signal(&self, gsi: u32) -> Result<(), InterruptError> {
+        let r = self.inner.signal(gsi);
+        match &r {
+            Ok(()) => {
+                let msg = self
+                    .stats
+                    .routes
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&gsi)
+                    .copied()
+                    .unwrap_or_default();
+                self.stats.count(msg);
+            }
+            Err(_) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
+    fn signal_msi(&self, msg: MsiMessage) -> Result<(), InterruptError> {
+        let r = self.inner.signal_msi(msg);
+        match &r {
+            Ok(()) => {
+                self.stats
+                    .last_address
+                    .store(msg.address, Ordering::Relaxed);
+                self.stats.last_data.store(msg.data, Ordering::Relaxed);
+                self.stats.has_last.store(1, Ordering::Release);
+                self.stats.count(msg);
+            }
+            Err(_) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+}
+
+/// One registry entry.
+pub struct SourceDef {
+    /// Device name ("serial", "pit", "pc-testdev", "msi-test-port", ...).
+    pub name: Option<String>,
+    pub kind: SourceKind,
+    pub pin: Option<usize>,
+    pub msi: Option<Arc<MsiSourceStats>>,
+    pub device_counters: Option<Arc<dyn MsiVectorCounters>>,
+}
+
+impl SourceDef {
+    /// Stable identifier used in JSON and by `--trace-exits`.
+    pub fn id(&self) -> String {
+        match (self.kind, self.pin) {
+            (SourceKind::IoapicPin, Some(p)) => format!("ioapic-pin-{p}"),
+            (SourceKind::Msi, _) => format!("msi:{}", self.display_name()),
+            (SourceKind::IoapicMmio, _) => "ioapic-mmio".into(),
+            (SourceKind::Ipi, _) => "ipi".into(),
+            (SourceKind::LapicLocal, _) => "lapic-local".into(),
+            (SourceKind::IoapicPin, None) => "ioapic-pin".into(),
+        }
+    }
+    pub fn display_name(&self) -> String {
+        match (&self.name, self.pin) {
+            (Some(n), _) => n.clone(),
+            (None, Some(p)) => format!("pin {p}"),
+            (None, None) => self.id(),
+        }
+    }
+    /// Never leaves KVM: userspace cannot count it.
+    pub fn in_kernel(&self) -> bool {
+        matches!(self.kind, SourceKind::Ipi | SourceKind::LapicLocal)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Range {
+    base: u64,
+    end: u64,
+    source: usize,
+}
+
+/// Registry of interrupt sources. See the module documentation.
+pub struct SourceRegistry {
+    sources: Vec<SourceDef>,
+    pin_source: [usize; NUM_PINS],
+    pio: Vec<Range>,
+    mmio: Vec<Range>,
+}
+
+/// Index of the IPI source in every registry.
+pub const SOURCE_IPI: usize = NUM_PINS;
+/// Index of the LAPIC-local source in every registry.
+pub const SOURCE_LAPIC_LOCAL: usize = NUM_PINS + 1;
+
+impl Default for SourceRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SourceRegistry {
+    /// A registry with one unnamed source per I/O APIC pin, plus the IPI
+    /// and LAPIC-local sources.
+    pub fn new() -> Self {
+        let mut sources: Vec<SourceDef> = (0..NUM_PINS)
+            .map(|pin| SourceDef {
+                name: None,
+                kind: SourceKind::IoapicPin,
+                pin: Some(pin),
+                msi: None,
+                device_counters: None,
+            })
+            .collect();
+        for kind in [SourceKind::Ipi, SourceKind::LapicLocal] {
+            sources.push(SourceDef {
+                name: None,
+                kind,
+                pin: None,
+                msi: None,
+                device_counters: None,
+            });
+        }
+        SourceRegistry {
+            sources,
+            pin_source: std::array::from_fn(|p| p),
+            pio: Vec::new(),
+            mmio: Vec::new(),
+        }
+    }
+
+    /// The registry for splitvm's platform devices: "pit" on pin 2 (ports
+    /// 0x40-0x43 and 0x61), "serial" on pin 4 (0x3f8-0x3ff), with
+    /// `test_devices` "pc-testdev" on every pin (port 0x2000+n drives pin
+    /// n), and the I/O APIC MMIO window. Devices added later name their pin
+    /// with [`SourceRegistry::name_pin`] and attach their registers.
+    pub fn platform(test_devices: bool) -> Self {
+        use devices::ioapic::{IOAPIC_BASE, IOAPIC_SIZE};
+        use devices::pit::{PIT_BASE, PIT_IRQ_PIN, PIT_LEN, PORT61};
+        use devices::serial::{COM1_BASE, COM1_PIN};
+        use devices::testdev::{TESTDEV_IRQ_BASE, TESTDEV_IRQ_LINES};
+        let mut r = SourceRegistry::new();
+        if let Some(pit) = r.name_pin(PIT_IRQ_PIN, "pit") {
+            r.attach_pio(pit, PIT_BASE.into(), PIT_LEN);
+            r.attach_pio(pit, PORT61.into(), 1);
+        }
+        if let Some(serial) = r.name_pin(COM1_PIN, "serial") {
+            r.attach_pio(serial, COM1_BASE, 8);
+        }
+        if test_devices {
+            // pc-testdev can drive any pin; it names only the pins no
+            // device owns, but its port for pin n counts on pin n anyway.
+            for n in 0..(TESTDEV_IRQ_LINES as usize).min(NUM_PINS) {
+                if r.sources[n].name.is_none() {
+                    r.name_pin(n, "pc-testdev");
+                }
+                if let Some(src) = r.pin_source(n) {
+                    r.attach_pio(src, TESTDEV_IRQ_BASE + n as u64, 1);
+                }
+            }
+        }
+        let io = r.add_source("ioapic-mmio", SourceKind::IoapicMmio);
+        r.attach_mmio(io, IOAPIC_BASE, IOAPIC_SIZE);
+        r
+    }
+
+    pub fn len(&self) -> usize {
+        self.sources.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
+
+    pub fn get(&self, i: usize) -> Option<&SourceDef> {
+        self.sources.get(i)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &SourceDef)> {
+        self.sources.iter().enumerate()
+    }
+
+    /// Name the device wired to `pin` (first name wins; later devices on a
+    /// shared pin are appended with '+'). Returns the pin's source index.
+    pub fn name_pin(&mut self, pin: usize, name: &str) -> Option<usize> {
+        let s = *self.pin_source.get(pin)?;
+        let def = &mut self.sources[s];
+        match &mut def.name {
+            Some(n) if n.split('+').any(|x| x == name) => {}
+            Some(n) => {
+                n.push('+');
+                n.push_str(name);
+            }
+            None => def.name = Some(name.to_string()),
+        }
+        Some(s)
+    }
+
+    /// Source index of I/O APIC pin `pin`.
+    pub fn pin_source(&self, pin: usize) -> Option<usize> {
+        self.pin_source.get(pin).copied()
+    }
+
+    /// Add a source that is neither a pin nor an MSI source (e.g. the I/O
+    /// APIC MMIO window).
+    pub fn add_source(&mut self, name: &str, kind: SourceKind) -> usize {
+        self.sources.push(SourceDef {
+            name: Some(name.to_string()),
+            kind,
+            pin: None,
+            msi: None,
+            device_counters: None,
+        });
+        self.sources.len() - 1
+    }
+
+    /// The hook for MSI-capable devices: registers source `name` and returns
+    /// its index and an [`MsiRouting`] to hand to the device instead of the
+    /// VM's router. Everything the device delivers through it is counted per
+    /// vector. A device that delivers through irqfd should also pass its own
+    /// counters (`device_counters`), which the report then prefers.
+    pub fn register_msi_source(
+        &mut self,
+        name: &str,
+        inner: Arc<dyn MsiRouting>,
+        device_counters: Option<Arc<dyn MsiVectorCounters>>,
+    ) -> (usize, Arc<dyn MsiRouting>) {
+        let stats = Arc::new(MsiSourceStats::default());
+        self.sources.push(SourceDef {
+            name: Some(name.to_string()),
+            kind: SourceKind::Msi,
+            pin: None,
+            msi: Some(stats.clone()),
+            device_counters,
+        });
+        let routing: Arc<dyn MsiRouting> = Arc::new(SourceRouting { inner, stats });
+        (self.sources.len() - 1, routing)
+    }
+
+    fn attach(ranges: &mut Vec<Range>, source: usize, base: u64, len: u64) {
+        ranges.push(Range {
+            base,
+            end: base.saturating_add(len),
+            source,
+        });
+        ranges.sort_by_key(|r| r.base);
+    }
+
+    /// Userspace port I/O exits in `[base, base+len)` belong to `source`.
+    pub fn attach_pio(&mut self, source: usize, base: u64, len: u64) {
+        Self::attach(&mut self.pio, source, base, len);
+    }
+
+    /// Userspace MMIO exits in `[base, base+len)` belong to `source`.
+    pub fn attach_mmio(&mut self, source: usize, base: u64, len: u64) {
+        Self::attach(&mut self.mmio, source, base, len);
+    }
+
+    fn find(ranges: &[Range], addr: u64) -> Option<usize> {
+        let i = ranges.partition_point(|r| r.base <= addr);
+        let r = ranges.get(i.checked_sub(1)?)?;
+        (addr < r.end).then_some(r.source)
+    }
+
+    /// Source owning port `port`, if any (vCPU exit path: a binary search).
+    #[inline]
+    pub fn pio_source(&self, port: u64) -> Option<usize> {
+        Self::find(&self.pio, port)
+    }
+
+    /// Source owning MMIO address `addr`, if any.
+    #[inline]
+    pub fn mmio_source(&self, addr: u64) -> Option<usize> {
+        Self::find(&self.mmio, addr)
+    }
+
+    /// Sources that deliver `vector` to `apic_id` right now (`None` = any
+    /// destination), for attributing traced events. Pins are looked up in
+    /// `routes` (the I/O APIC's current RTEs), MSI sources in their current
+    /// messages.
+    pub fn vector_owners(
+        &self,
+        vector: u8,
+        apic_id: Option<u32>,
+        routes: &[PinRoute],
+    ) -> Vec<usize> {
+        let mut out = Vec::new();
+        for r in routes {
+            if r.vector == vector
+                && !r.masked
+                && (r.dest_logical || apic_id.is_none_or(|a| a == r.destination))
+            {
+                if let Some(s) = self.pin_source(r.pin) {
+                    out.push(s);
+                }
+            }
+        }
+        for (i, s) in self.iter() {
+            let msgs = match (&s.device_counters, &s.msi) {
+                (Some(d), _) => d
+                    .vectors()
+                    .into_iter()
+                    .map(|v| MsiMessage {
+                        address: v.address,
+                        data: v.data,
+                    })
+                    .collect(),
+                (None, Some(m)) => m.messages(),
+                (None, None) => continue,
+            };
+            if msgs.iter().any(|m| {
+                m.vector() == vector
+                    && (m.address & 4 != 0 || apic_id.is_none_or(|a| a == m.destination()))
+            }) {
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    /// Build the per-source report from the I/O APIC's current routes and
+    /// counters and the merged per-vCPU counters. `trace` adds what
+    /// `--trace-exits` saw, by source index.
+    pub fn report(
+        &self,
+        routes: &[PinRoute],
+        pins: &[PinStats],
+        vcpus: &[VcpuStats],
+        trace: Option<&BTreeMap<usize, TracedCounts>>,
+    ) -> Vec<SourceReport> {
+        let sum = |f: &dyn Fn(&VcpuStats) -> &Vec<u64>, i: usize| -> u64 {
+            vcpus
+                .iter()
+                .map(|v| f(v).get(i).copied().unwrap_or(0))
+                .sum()
+        };
+        let mut out = Vec::new();
+        for (i, s) in self.iter() {
+            let eoi_exits = sum(&|v| &v.source_eoi, i);
+            let pio_exits = sum(&|v| &v.source_pio, i);
+            let mmio_exits = sum(&|v| &v.source_mmio, i);
+            let traced = trace.and_then(|t| t.get(&i)).cloned();
+            let mut r = SourceReport {
+                id: s.id(),
+                name: s.display_name(),
+                kind: s.kind,
+                pin: s.pin,
+                in_kernel: s.in_kernel(),
+                routes: Vec::new(),
+                raised: None,
+                delivered: None,
+                coalesced: None,
+                masked_drops: None,
+                eoi_exits: (!s.in_kernel()).then_some(eoi_exits),
+                pio_exits: (!s.in_kernel()).then_some(pio_exits),
+                mmio_exits: (!s.in_kernel()).then_some(mmio_exits),
+                userspace_exits: (!s.in_kernel()).then_some(eoi_exits + pio_exits + mmio_exits),
+                exits_per_interrupt: None,
+                eoi_exits_per_interrupt: None,
+                per_vector: BTreeMap::new(),
+                traced,
+            };
+            match s.kind {
+                SourceKind::IoapicPin => {
+                    let pin = s.pin.unwrap_or(0);
+                    if let Some(rt) = routes.get(pin) {
+                        r.routes.push(RouteReport::from_pin(rt));
+                    }
+                    let p = pins.get(pin).copied().unwrap_or_default();
+                    r.raised = Some(p.raised);
+                    r.delivered = Some(p.delivered);
+                    r.coalesced = Some(p.coalesced);
+                    r.masked_drops = Some(p.masked_drops);
+                }
+                SourceKind::Msi => {
+                    if let Some(d) = &s.device_counters {
+                        let v = d.vectors();
+                        for x in &v {
+                            r.routes.push(RouteReport::from_msi(
+                                MsiMessage {
+                                    address: x.address,
+                                    data: x.data,
+                                },
+                                x.masked,
+                            ));
+                            *r.per_vector.entry(x.data as u8).or_default() += x.delivered;
+                        }
+                        r.raised = Some(v.iter().map(|x| x.raised).sum());
+                        r.delivered = Some(v.iter().map(|x| x.delivered).sum());
+                        r.masked_drops = Some(v.iter().map(|x| x.pending).sum());
+                    } else if let Some(m) = &s.msi {
+                        for msg in m.messages() {
+                            r.routes.push(RouteReport::from_msi(msg, false));
+                        }
+                        // Every signal is one raise; MSIs never coalesce in
+                        // userspace.
+                        r.raised = Some(m.delivered() + m.failed());
+                        r.delivered = Some(m.delivered());
+                        r.coalesced = Some(0);
+                        r.per_vector = m.per_vector();
+                    }
+                }
+                SourceKind::IoapicMmio => r.eoi_exits = None,
+                SourceKind::Ipi | SourceKind::LapicLocal => {}
+            }
+            if let (Some(d), Some(u)) = (r.delivered, r.userspace_exits) {
+                if d > 0 {
+                    r.exits_per_interrupt = Some(u as f64 / d as f64);
+                    r.eoi_exits_per_interrupt = Some(eoi_exits as f64 / d as f64);
+                }
+            }
+            let active = r.raised.unwrap_or(0)
+                + r.delivered.unwrap_or(0)
+                + r.masked_drops.unwrap_or(0)
+                + r.userspace_exits.unwrap_or(0)
+                + r.traced.as_ref().map(|t| t.total()).unwrap_or(0)
+                > 0;
+            // Every source that did something, every named source, and
+            // every pin the guest programmed; idle pc-testdev pins are noise.
+            let show = active
+                || s.in_kernel()
+                || match s.kind {
+                    SourceKind::IoapicPin => {
+                        s.name.as_deref().is_some_and(|n| n != "pc-testdev")
+                            || routes.get(s.pin.unwrap_or(0)).is_some_and(|rt| !rt.masked)
+                    }
+                    _ => s.name.is_some(),
+                };
+            if show {
+                out.push(r);
+            }
+        }
+        out
+    }
+}
+
+/// Level pins an EOI for `vector` concerns at this moment, as a bit mask:
+/// the level-triggered pins with that vector whose Remote IRR is set (the
+/// ones the EOI completes); if there are none, the level pins that carry
+/// the vector at all (a late EOI after a reprogramming). Call it with the
+/// I/O APIC locked, *before* `end_of_interrupt` clears Remote IRR.
+pub fn eoi_pins(io: &IoApic, vector: u8) -> u32 {
+    let mut irr = 0u32;
+    let mut level = 0u32;
+    for pin in 0..NUM_PINS {
+        let rte = io.rte(pin);
+        let dm = (rte >> 8) & 7;
+        if (rte & 0xff) as u8 == vector && rte & RTE_LEVEL != 0 && dm <= 1 {
+            level |= 1 << pin;
+            if rte & RTE_REMOTE_IRR != 0 {
+                irr |= 1 << pin;
+            }
+        }
+    }
+    if irr != 0 {
+        irr
+    } else {
+        level
+    }
+}
+
+/// Events `--trace-exits` attributed to one source.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TracedCounts {
+    /// kvm_set_irq: KVM_IRQ_LINE on the pin's GSI (pins only).
+    pub set_irq: u64,
+    /// kvm_msi_set_irq: MSIs (and I/O APIC pin deliveries) KVM received.
+    pub msi_set_irq: u64,
+    /// kvm_apic_accept_irq / kvm_apicv_accept_irq: accepted by a LAPIC.
+    pub apic_accept_irq: u64,
+    /// kvm_inj_virq: injected into the guest on VM entry.
+    pub inj_virq: u64,
+    /// kvm_eoi: guest EOIs seen by KVM's LAPIC (in-kernel).
+    pub kvm_eoi: u64,
+    /// kvm_apic_ipi: ICR writes (IPI source only).
+    pub apic_ipi: u64,
+}
+
+impl TracedCounts {
+    pub fn total(&self) -> u64 {
+        self.set_irq
+            + self.msi_set_irq
+            + self.apic_accept_irq
+            + self.inj_virq
+            + self.kvm_eoi
+            + self.apic_ipi
+    }
+}
+
+/// Where a source's interrupts go now.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RouteReport {
+    pub vector: u8,
+    pub destination: u32,
+    pub dest_mode: &'static str,
+    pub trigger: &'static str,
+    pub delivery_mode: u8,
+    pub masked: bool,
+}
+
+impl RouteReport {
+    fn from_pin(r: &PinRoute) -> Self {
+        RouteReport {
+            vector: r.vector,
+            destination: r.destination,
+            dest_mode: if r.dest_logical {
+                "logical"
+            } else {
+                "physical"
+            },
+            trigger: if r.level_triggered { "level" } else { "edge" },
+            delivery_mode: r.delivery_mode,
+            masked: r.masked,
+        }
+    }
+    fn from_msi(m: MsiMessage, masked: bool) -> Self {
+        RouteReport {
+            vector: m.vector(),
+            destination: m.destination() | (((m.address >> 32) as u32) & 0xffff_ff00),
+            dest_mode: if m.address & 4 != 0 {
+                "logical"
+            } else {
+                "physical"
+            },
+            trigger: if m.level_triggered() { "level" } else { "edge" },
+            delivery_mode: m.delivery_mode(),
+            masked,
+        }
+    }
+}
+
+/// One row of the per-source report (JSON `sources[]`). `None` (JSON null)
+/// means "not measured", never zero.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceReport {
+    pub id: String,
+    pub name: String,
+    pub kind: SourceKind,
+    pub pin: Option<usize>,
+    /// Handled entirely inside KVM: userspace counters do not apply.
+    pub in_kernel: bool,
+    pub routes: Vec<RouteReport>,
+    pub raised: Option<u64>,
+    pub delivered: Option<u64>,
+    pub coalesced: Option<u64>,
+    pub masked_drops: Option<u64>,
+    /// KVM_EXIT_IOAPIC_EOI exits attributed to this source.
+    pub eoi_exits: Option<u64>,
+    /// Userspace port I/O exits on the source's registers.
+    pub pio_exits: Option<u64>,
+    /// Userspace MMIO exits on the source's registers.
+    pub mmio_exits: Option<u64>,
+    /// eoi_exits + pio_exits + mmio_exits.
+    pub userspace_exits: Option<u64>,
+    /// userspace_exits / delivered.
+    pub exits_per_interrupt: Option<f64>,
+    /// eoi_exits / delivered.
+    pub eoi_exits_per_interrupt: Option<f64>,
+    /// Deliveries per vector (MSI sources).
+    pub per_vector: BTreeMap<u8, u64>,
+    /// What `--trace-exits` attributed to this source (null without it).
+    pub traced: Option<TracedCounts>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_map_addresses_to_sources() {
+        let mut r = SourceRegistry::new();
+        let serial = r.name_pin(4, "serial").unwrap();
+        r.attach_pio(serial, 0x3f8, 8);
+        for n in 0..24u64 {
+            let s = r.pin_source(n as usize).unwrap();
+            r.attach_pio(s, 0x2000 + n, 1);
+        }
+        assert_eq!(r.pio_source(0x3f8), Some(serial));
+        assert_eq!(r.pio_source(0x3ff), Some(serial));
+        assert_eq!(r.pio_source(0x400), None);
+        assert_eq!(r.pio_source(0x200b), r.pin_source(11));
+        assert_eq!(r.pio_source(0x1fff), None);
+        assert_eq!(r.pio_source(0x2018), None);
+    }
+
+    #[test]
+    fn shared_pin_names_are_joined() {
+        let mut r = SourceRegistry::new();
+        r.name_pin(4, "serial");
+        r.name_pin(4, "pc-testdev");
+        r.name_pin(4, "serial");
+        assert_eq!(r.get(4).unwrap().display_name(), "serial+pc-testdev");
+        assert_eq!(r.get(5).unwrap().display_name(), "pin 5");
+        assert_eq!(r.get(SOURCE_IPI).unwrap().id(), "ipi");
+        assert_eq!(r.get(SOURCE_LAPIC_LOCAL).unwrap().id(), "lapic-local");
+    }
+
+    struct Null;
+    impl MsiRouting for Null {
+        fn set_route(&self, _: u32, _: Option<MsiMessage>) -> Result<(), InterruptError> {
+            Ok(())
+        }
+        fn signal(&self, _: u32) -> Result<(), InterruptError> {
+            Ok(())
+        }
+        fn signal_msi(&self, _: MsiMessage) -> Result<(), InterruptError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn msi_sources_count_per_vector_and_own_their_vectors() {
+        let mut r = SourceRegistry::new();
+        let (i, routing) = r.register_msi_source("msi-test-port", Arc::new(Null), None);
+        let m = MsiMessage {
+            address: 0xfee0_1000,
+            data: 0x45,
+        };
+        routing.signal_msi(m).unwrap();
+        routing.signal_msi(m).unwrap();
+        routing
+            .set_route(
+                30,
+                Some(MsiMessage {
+                    address: 0xfee0_0000,
+                    data: 0x50,
+                }),
+            )
+            .unwrap();
+        routing.signal(30).unwrap();
+        let st = r.get(i).unwrap().msi.clone().unwrap();
+        assert_eq!(st.delivered(), 3);
+        assert_eq!(st.per_vector()[&0x45], 2);
+        assert_eq!(st.per_vector()[&0x50], 1);
+        assert_eq!(r.vector_owners(0x45, Some(1), &[]), vec![i]);
+        assert!(r.vector_owners(0x45, Some(0), &[]).is_empty());
+        assert_eq!(r.vector_owners(0x50, None, &[]), vec![i]);
+        let rep = r.report(&[], &[], &[], None);
+        let row = rep.iter().find(|x| x.id == "msi:msi-test-port").unwrap();
+        assert_eq!(row.delivered, Some(3));
+        assert_eq!(row.eoi_exits, Some(0));
+        assert_eq!(row.routes.len(), 2);
+    }
+}
