@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every test of splitvm: formatting, lints, unit tests, the micro-guests
+# through the real /dev/kvm, and the Linux boot tests (which build the guest
+# kernel and initramfs first; both are cached outside the tree).
+# This is what CI runs (.ci/run).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "setup (packages, toolchain components)"
+scripts/setup.sh
+
+step "guest kernel and initramfs (cached after the first build)"
+SPLITVM_GUEST_KERNEL=$(scripts/build-guest-kernel.sh | tail -n1)
+SPLITVM_GUEST_INITRD=$(scripts/build-initramfs.sh | tail -n1)
+export SPLITVM_GUEST_KERNEL SPLITVM_GUEST_INITRD
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test (unit, micro-guests, Linux boots)"
+cargo test --workspace -- --nocapture --test-threads=2 2>&1
