@@ -1220,13 +1220,21 @@ mod tests {
     }
 
     /// Loads a real kernel: `SPLITVM_VMLINUX=/path/vmlinux cargo test -p arch
-    /// -- --ignored real_vmlinux --nocapture` (default
-    /// `$HOME/.cache/splitvm/vmlinux`).
+    /// -- --ignored real_vmlinux --nocapture` (default: the first
+    /// `$HOME/.cache/splitvm/kernel-*/vmlinux`).
     #[test]
     #[ignore]
     fn real_vmlinux_loads_with_sane_boot_params() {
         let path = std::env::var("SPLITVM_VMLINUX").unwrap_or_else(|_| {
-            format!("{}/.cache/splitvm/vmlinux", std::env::var("HOME").unwrap())
+            let cache = format!("{}/.cache/splitvm", std::env::var("HOME").unwrap());
+            std::fs::read_dir(&cache)
+                .unwrap()
+                .filter_map(|d| d.ok())
+                .map(|d| d.path().join("vmlinux"))
+                .find(|p| p.is_file())
+                .expect("no kernel-*/vmlinux in ~/.cache/splitvm")
+                .display()
+                .to_string()
         });
         let m = mem(128 * MIB);
         let mut k = std::fs::File::open(&path).unwrap();
