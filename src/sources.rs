@@ -87,11 +87,13 @@ pub struct MsiSourceStats {
     per_vector: Vec<AtomicU64>,
     /// Routes this source installed, by GSI (rarely written).
     routes: RwLock<BTreeMap<u32, MsiMessage>>,
-    /// Last one-off message (`signal_msi`).
-    last_address: AtomicU64,
-    last_data: AtomicU32,
-    has_last: AtomicU32,
+    /// Distinct one-off messages (`signal_msi`) seen so far, lock-free:
+    /// `address_lo << 32 | data` (0 = free slot) and `address_hi`.
+    oneoff: Vec<(AtomicU64, AtomicU32)>,
 }
+
+/// How many distinct one-off messages a source remembers.
+const ONEOFF_SLOTS: usize = 16;
 
 impl Default for MsiSourceStats {
     fn default() -> Self {
@@ -100,9 +102,9 @@ impl Default for MsiSourceStats {
             failed: AtomicU64::new(0),
             per_vector: (0..256).map(|_| AtomicU64::new(0)).collect(),
             routes: RwLock::new(BTreeMap::new()),
-            last_address: AtomicU64::new(0),
-            last_data: AtomicU32::new(0),
-            has_last: AtomicU32::new(0),
+            oneoff: (0..ONEOFF_SLOTS)
+                .map(|_| (AtomicU64::new(0), AtomicU32::new(0)))
+                .collect(),
         }
     }
 }
@@ -114,8 +116,8 @@ impl MsiSourceStats {
     pub fn failed(&self) -> u64 {
         self.failed.load(Ordering::Relaxed)
     }
-    /// Messages this source delivers now: its GSI routes, plus the last
-    /// one-off message it sent.
+    /// Messages this source delivers now: its GSI routes, plus the distinct
+    /// one-off messages it sent (up to 16).
     pub fn messages(&self) -> Vec<MsiMessage> {
         let mut v: Vec<MsiMessage> = self
             .routes
@@ -124,16 +126,38 @@ impl MsiSourceStats {
             .values()
             .copied()
             .collect();
-        if self.has_last.load(Ordering::Acquire) != 0 {
+        for (key, hi) in &self.oneoff {
+            let k = key.load(Ordering::Acquire);
+            if k == 0 {
+                break;
+            }
             let m = MsiMessage {
-                address: self.last_address.load(Ordering::Relaxed),
-                data: self.last_data.load(Ordering::Relaxed),
+                address: (k >> 32) | (u64::from(hi.load(Ordering::Relaxed)) << 32),
+                data: k as u32,
             };
             if !v.contains(&m) {
                 v.push(m);
             }
         }
         v
+    }
+
+    /// Remember a one-off message (first 16 distinct ones).
+    fn remember(&self, msg: MsiMessage) {
+        let key = ((msg.address & 0xffff_ffff) << 32) | u64::from(msg.data);
+        if key == 0 {
+            return;
+        }
+        for (slot, hi) in &self.oneoff {
+            match slot.compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    hi.store((msg.address >> 32) as u32, Ordering::Relaxed);
+                    return;
+                }
+                Err(k) if k == key => return,
+                Err(_) => {}
+            }
+        }
     }
     /// Deliveries per vector (only vectors with a count).
     pub fn per_vector(&self) -> BTreeMap<u8, u64> {
@@ -194,11 +218,7 @@ impl MsiRouting for SourceRouting {
         let r = self.inner.signal_msi(msg);
         match &r {
             Ok(()) => {
-                self.stats
-                    .last_address
-                    .store(msg.address, Ordering::Relaxed);
-                self.stats.last_data.store(msg.data, Ordering::Relaxed);
-                self.stats.has_last.store(1, Ordering::Release);
+                self.stats.remember(msg);
                 self.stats.count(msg);
             }
             Err(_) => {
@@ -497,7 +517,7 @@ impl SourceRegistry {
         routes: &[PinRoute],
         pins: &[PinStats],
         vcpus: &[VcpuStats],
-        trace: Option<&BTreeMap<usize, TracedCounts>>,
+        trace: Option<(&BTreeMap<usize, TracedCounts>, &[String])>,
     ) -> Vec<SourceReport> {
         let sum = |f: &dyn Fn(&VcpuStats) -> &Vec<u64>, i: usize| -> u64 {
             vcpus
@@ -510,7 +530,12 @@ impl SourceRegistry {
             let eoi_exits = sum(&|v| &v.source_eoi, i);
             let pio_exits = sum(&|v| &v.source_pio, i);
             let mmio_exits = sum(&|v| &v.source_mmio, i);
-            let traced = trace.and_then(|t| t.get(&i)).cloned();
+            let traced = trace.map(|(by, fired)| {
+                by.get(&i)
+                    .cloned()
+                    .unwrap_or_default()
+                    .by_event(fired, s.kind)
+            });
             let mut r = SourceReport {
                 id: s.id(),
                 name: s.display_name(),
@@ -584,7 +609,7 @@ impl SourceRegistry {
                 + r.delivered.unwrap_or(0)
                 + r.masked_drops.unwrap_or(0)
                 + r.userspace_exits.unwrap_or(0)
-                + r.traced.as_ref().map(|t| t.total()).unwrap_or(0)
+                + r.traced.as_ref().map(|t| t.values().sum()).unwrap_or(0)
                 > 0;
             // Every source that did something, every named source, and
             // every pin the guest programmed; idle pc-testdev pins are noise.
@@ -648,6 +673,30 @@ pub struct TracedCounts {
 }
 
 impl TracedCounts {
+    /// Counts by kernel event name, keeping only events in `fired` (an
+    /// event that never fired on this host was not measured) that apply to
+    /// a source of `kind`.
+    pub fn by_event(&self, fired: &[String], kind: SourceKind) -> BTreeMap<String, u64> {
+        let pin = kind == SourceKind::IoapicPin;
+        let irq = kind != SourceKind::IoapicMmio;
+        let all = [
+            ("kvm_set_irq", self.set_irq, pin),
+            (
+                "kvm_msi_set_irq",
+                self.msi_set_irq,
+                pin || kind == SourceKind::Msi,
+            ),
+            ("kvm_apic_accept_irq", self.apic_accept_irq, irq),
+            ("kvm_inj_virq", self.inj_virq, irq),
+            ("kvm_eoi", self.kvm_eoi, irq),
+            ("kvm_apic_ipi", self.apic_ipi, kind == SourceKind::Ipi),
+        ];
+        all.iter()
+            .filter(|(e, _, applies)| *applies && fired.iter().any(|f| f == e))
+            .map(|(e, n, _)| (e.to_string(), *n))
+            .collect()
+    }
+
     pub fn total(&self) -> u64 {
         self.set_irq
             + self.msi_set_irq
@@ -730,7 +779,9 @@ pub struct SourceReport {
     /// Deliveries per vector (MSI sources).
     pub per_vector: BTreeMap<u8, u64>,
     /// What `--trace-exits` attributed to this source (null without it).
-    pub traced: Option<TracedCounts>,
+    /// What `--trace-exits` attributed to this source, by kernel event name;
+    /// only events that fired on this host (null without tracing).
+    pub traced: Option<BTreeMap<String, u64>>,
 }
 
 #[cfg(test)]

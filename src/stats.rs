@@ -534,24 +534,15 @@ impl Report {
                 .map(|x| format!("{x:.2}"))
                 .unwrap_or_else(|| "n/a".into());
             let traced = match &r.traced {
-                None if self.trace.as_ref().is_some_and(|t| t.available) => "0".to_string(),
                 None => "n/a".to_string(),
-                Some(t) => {
-                    let mut v = Vec::new();
-                    for (n, x) in [
-                        ("set_irq", t.set_irq),
-                        ("msi", t.msi_set_irq),
-                        ("accept", t.apic_accept_irq),
-                        ("inj", t.inj_virq),
-                        ("eoi", t.kvm_eoi),
-                        ("ipi", t.apic_ipi),
-                    ] {
-                        if x > 0 {
-                            v.push(format!("{n} {x}"));
-                        }
-                    }
-                    v.join(" ")
-                }
+                Some(t) if t.is_empty() => "-".to_string(),
+                Some(t) if t.values().all(|n| *n == 0) => "0".to_string(),
+                Some(t) => t
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(e, n)| format!("{} {n}", e.trim_start_matches("kvm_")))
+                    .collect::<Vec<_>>()
+                    .join(" "),
             };
             let _ = writeln!(
                 s,
@@ -779,11 +770,19 @@ impl ReportInputs<'_> {
         report.host = Some(self.host.clone());
         report.disable_exits = crate::host::disable_exits_names(self.disable_exits);
         report.kvm_stats = self.kvm_stats.map(|k| k.report());
+        let fired: Vec<String> = trace
+            .as_ref()
+            .filter(|t| t.available)
+            .map(|t| t.event_counts_fired())
+            .unwrap_or_default();
         report.sources = self.sources.report(
             &routes,
             &pins,
             vcpus,
-            trace.as_ref().filter(|t| t.available).map(|t| &t.by_source),
+            trace
+                .as_ref()
+                .filter(|t| t.available)
+                .map(|t| (&t.by_source, &fired[..])),
         );
         if let Some(t) = trace.as_mut().filter(|t| t.available) {
             t.comparison = compare(&report, t);
@@ -832,7 +831,7 @@ fn compare(r: &Report, t: &TraceReport) -> Vec<crate::trace::Comparison> {
         .iter()
         .filter(|s| s.in_kernel)
         .filter_map(|s| s.traced.as_ref())
-        .map(|t| t.apic_accept_irq)
+        .filter_map(|t| t.get("kvm_apic_accept_irq"))
         .sum();
     let eoi_with_vector = ev("kvm_eoi").map(|n| n.saturating_sub(t.eoi_without_isr));
     let exit_reason = |reason: &str| {

@@ -102,6 +102,11 @@ pub struct Comparison {
 }
 
 impl TraceReport {
+    /// Enabled events that fired at least once.
+    pub fn event_counts_fired(&self) -> Vec<String> {
+        self.event_counts.keys().cloned().collect()
+    }
+
     pub fn unavailable(why: impl Into<String>) -> Self {
         TraceReport {
             unavailable: Some(why.into()),
