@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Build the splitvm guest initramfs: an UNCOMPRESSED newc cpio holding Debian's
+# static busybox (with its applet links) and resources/guest/init as /init.
+# (Uncompressed because decompressing in the guest kernel is very slow when the
+# host emulates guest kernel code.)
+#
+# Output: ${SPLITVM_CACHE:-$HOME/.cache/splitvm}/initramfs-<hash>.cpio, where
+# <hash> covers /init, the busybox package version and this script's version.
+# The last line printed on stdout is the absolute path of the cpio; everything
+# else goes to stderr. A second run with the same inputs only prints the path.
+#
+# Installs busybox-static and cpio with apt-get if missing (needs root or
+# password-less sudo).
+set -euo pipefail
+
+SCRIPT_VERSION=1
+
+log() { printf 'build-initramfs: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+init_script="$repo_root/resources/guest/init"
+cache_root="${SPLITVM_CACHE:-${HOME:-/root}/.cache/splitvm}"
+busybox=/bin/busybox
+
+[[ -f "$init_script" ]] || die "missing $init_script"
+case "$cache_root" in
+    "$repo_root"|"$repo_root"/*) die "SPLITVM_CACHE must be outside the source tree ($cache_root)" ;;
+esac
+
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo -n "$@"
+    else
+        die "need root (or sudo) to run: $*"
+    fi
+}
+
+ensure_packages() {
+    local missing=() p
+    for p in "$@"; do
+        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+            missing+=("$p")
+        fi
+    done
+    [[ ${#missing[@]} -eq 0 ]] && return 0
+    log "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get update -qq >&2 </dev/null
+    as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 </dev/null
+}
+
+ensure_packages busybox-static cpio
+[[ -x "$busybox" ]] || die "$busybox not found after installing busybox-static"
+
+bb_version=$(dpkg-query -W -f='${Version}' busybox-static)
+hash=$(
+    {
+        printf 'script-version %s\nbusybox-static %s\n' "$SCRIPT_VERSION" "$bb_version"
+        printf 'init\n'; cat "$init_script"
+    } | sha256sum | cut -c1-16
+)
+out="$cache_root/initramfs-$hash.cpio"
+
+if [[ -f "$out" ]]; then
+    log "up to date: $out"
+    printf '%s\n' "$out"
+    exit 0
+fi
+
+mkdir -p "$cache_root"
+stage=$(mktemp -d "$cache_root/initramfs-stage.XXXXXX")
+trap 'rm -rf "$stage"' EXIT
+
+mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,root,etc}
+cp "$busybox" "$stage/bin/busybox"
+chmod 0755 "$stage/bin/busybox"
+# One symlink per applet, at the path busybox itself reports (bin/sh, sbin/reboot, ...).
+while IFS= read -r applet; do
+    applet=${applet#/}
+    [[ -n "$applet" && "$applet" != bin/busybox ]] || continue
+    [[ -e "$stage/$applet" || -L "$stage/$applet" ]] && continue
+    mkdir -p "$stage/$(dirname "$applet")"
+    ln -s /bin/busybox "$stage/$applet"
+done < <("$busybox" --list-full)
+install -m 0755 "$init_script" "$stage/init"
+chmod 1777 "$stage/tmp"
+# The kernel's built-in default initramfs already has /dev/console; add it here
+# too when we can (mknod needs root), so the cpio also works on its own.
+if [[ $(id -u) -eq 0 ]]; then
+    mknod -m 0600 "$stage/dev/console" c 5 1
+fi
+
+find "$stage" -exec touch -h -d @0 {} +
+(cd "$stage" && find . -mindepth 1 -print0 | LC_ALL=C sort -z |
+    cpio --null --create --format=newc --owner=0:0 --reproducible --quiet) >"$out.tmp"
+mv "$out.tmp" "$out"
+log "built $out ($(du -h "$out" | cut -f1), busybox $bb_version)"
+printf '%s\n' "$out"
