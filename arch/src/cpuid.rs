@@ -7,6 +7,16 @@ const LEAF_FEATURES: u32 = 0x1;
 const LEAF_TOPOLOGY: u32 = 0xb;
 const LEAF_V2_TOPOLOGY: u32 = 0x1f;
 const KVM_SIGNATURE_LEAF: u32 = 0x4000_0000;
+const KVM_FEATURES_LEAF: u32 = 0x4000_0001;
+
+/// KVM paravirtual features that need hypercalls (`vmcall`/`vmmcall`) or
+/// async page-fault delivery. splitvm hides them: hypercalls never complete
+/// on some hosts (the PVM backend re-executes `vmcall` forever), and none
+/// of them is needed for a small guest. Bits from Documentation/virt/kvm/
+/// x86/cpuid.rst: ASYNC_PF 4, PV_UNHALT 7, ASYNC_PF_VMEXIT 10,
+/// PV_SEND_IPI 11, PV_SCHED_YIELD 13, ASYNC_PF_INT 14.
+pub const KVM_HYPERCALL_FEATURES: u32 =
+    (1 << 4) | (1 << 7) | (1 << 10) | (1 << 11) | (1 << 13) | (1 << 14);
 
 const ECX_X2APIC: u32 = 1 << 21;
 const ECX_TSC_DEADLINE: u32 = 1 << 24;
@@ -64,6 +74,7 @@ pub fn patch_cpuid(cpuid: &mut CpuId, apic_id: u32, cfg: CpuidConfig) {
                 }
                 e.edx = apic_id;
             }
+            KVM_FEATURES_LEAF => e.eax &= !KVM_HYPERCALL_FEATURES,
             KVM_SIGNATURE_LEAF => {
                 // "KVMKVMKVM\0\0\0"
                 e.ebx = 0x4b4d_564b;
@@ -86,7 +97,18 @@ mod tests {
             index,
             ..Default::default()
         };
-        CpuId::from_entries(&[mk(1, 0), mk(0xb, 0), mk(0xb, 1), mk(0x4000_0000, 0)]).unwrap()
+        CpuId::from_entries(&[
+            mk(1, 0),
+            mk(0xb, 0),
+            mk(0xb, 1),
+            mk(0x4000_0000, 0),
+            kvm_cpuid_entry2 {
+                function: 0x4000_0001,
+                eax: 0xffff_ffff,
+                ..Default::default()
+            },
+        ])
+        .unwrap()
     }
 
     #[test]
@@ -126,5 +148,21 @@ mod tests {
             sig.extend_from_slice(&r.to_le_bytes());
         }
         assert_eq!(&sig[..9], b"KVMKVMKVM");
+    }
+
+    #[test]
+    fn kvm_hypercall_features_are_hidden() {
+        let mut c = entries();
+        patch_cpuid(
+            &mut c,
+            0,
+            CpuidConfig {
+                num_cpus: 2,
+                tsc_deadline: true,
+            },
+        );
+        let eax = c.as_slice()[4].eax;
+        assert_eq!(eax & KVM_HYPERCALL_FEATURES, 0);
+        assert_ne!(eax & 1, 0, "kvmclock stays");
     }
 }
