@@ -327,6 +327,21 @@ fn mask_unmask_level() {
 }
 
 #[test]
+fn ioapic_directed_eoi() {
+    let run = run_guest("ioapic_directed_eoi", 1);
+    // Two assertions delivered to no CPU, each completed through the I/O
+    // APIC's EOI register, never by a LAPIC EOI.
+    run.expect("pin 7 raised", run.pin(7, "raised"), 2);
+    run.expect("pin 7 delivered", run.pin(7, "delivered"), 2);
+    run.expect(
+        "pin 7 eoi (EOI-register writes that matched)",
+        run.pin(7, "eoi"),
+        2,
+    );
+    expect_no_eoi_exits(&run);
+}
+
+#[test]
 fn logical_dest() {
     let run = run_guest("logical_dest", 2);
     run.expect("pin 3 raised", run.pin(3, "raised"), 3);
