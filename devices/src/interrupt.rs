@@ -136,3 +136,165 @@ impl IrqLine {
 pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// First GSI handed out to MSI/MSI-X vectors: GSIs 0..23 belong to the
+/// I/O APIC pins.
+pub const FIRST_MSI_GSI: u32 = 24;
+
+/// KVM's limit on routing entries (`KVM_MAX_IRQ_ROUTES` on x86), the usual
+/// `limit` for [`GsiAllocator::new`].
+pub const KVM_MAX_IRQ_ROUTES: u32 = 4096;
+
+/// Hands out GSIs for MSI and MSI-X vectors, from [`FIRST_MSI_GSI`] up to
+/// (excluding) a limit. Freed GSIs are reused, lowest first, before new
+/// ones are taken. One instance is shared by every MSI user of a VM
+/// ([`SharedGsiAllocator`]).
+#[derive(Debug)]
+pub struct GsiAllocator {
+    next: u32,
+    limit: u32,
+    free: std::collections::BTreeSet<u32>,
+}
+
+/// The allocator as shared by all MSI users of one VM.
+pub type SharedGsiAllocator = Arc<Mutex<GsiAllocator>>;
+
+impl GsiAllocator {
+    /// GSIs `FIRST_MSI_GSI..limit` (KVM: `limit` = [`KVM_MAX_IRQ_ROUTES`]).
+    pub fn new(limit: u32) -> Self {
+        GsiAllocator {
+            next: FIRST_MSI_GSI,
+            limit: limit.max(FIRST_MSI_GSI),
+            free: std::collections::BTreeSet::new(),
+        }
+    }
+
+    /// A new [`SharedGsiAllocator`].
+    pub fn shared(limit: u32) -> SharedGsiAllocator {
+        Arc::new(Mutex::new(Self::new(limit)))
+    }
+
+    /// One GSI, or `None` when all are in use.
+    pub fn allocate(&mut self) -> Option<u32> {
+        if let Some(g) = self.free.pop_first() {
+            return Some(g);
+        }
+        if self.next < self.limit {
+            self.next += 1;
+            return Some(self.next - 1);
+        }
+        None
+    }
+
+    /// `n` GSIs, all or nothing.
+    pub fn allocate_many(&mut self, n: usize) -> Option<Vec<u32>> {
+        if n > self.available() {
+            return None;
+        }
+        (0..n).map(|_| self.allocate()).collect()
+    }
+
+    /// Return `gsi` to the pool. False (and nothing changes) if it was not
+    /// allocated: out of range, never handed out or already freed.
+    pub fn free(&mut self, gsi: u32) -> bool {
+        if !self.is_allocated(gsi) {
+            return false;
+        }
+        if gsi + 1 == self.next {
+            // Shrink the high-water mark, absorbing freed GSIs below it.
+            self.next -= 1;
+            while self.next > FIRST_MSI_GSI && self.free.remove(&(self.next - 1)) {
+                self.next -= 1;
+            }
+        } else {
+            self.free.insert(gsi);
+        }
+        true
+    }
+
+    /// True if `gsi` is currently handed out.
+    pub fn is_allocated(&self, gsi: u32) -> bool {
+        (FIRST_MSI_GSI..self.next).contains(&gsi) && !self.free.contains(&gsi)
+    }
+
+    /// Number of GSIs currently handed out.
+    pub fn in_use(&self) -> usize {
+        (self.next - FIRST_MSI_GSI) as usize - self.free.len()
+    }
+
+    /// Number of GSIs that can still be allocated.
+    pub fn available(&self) -> usize {
+        (self.limit - self.next) as usize + self.free.len()
+    }
+}
+
+#[cfg(test)]
+mod gsi_allocator_tests {
+    use super::*;
+
+    #[test]
+    fn gsi_allocator_starts_above_ioapic_pins() {
+        let mut a = GsiAllocator::new(KVM_MAX_IRQ_ROUTES);
+        assert_eq!(a.allocate(), Some(24));
+        assert_eq!(a.allocate(), Some(25));
+        assert_eq!(a.in_use(), 2);
+    }
+
+    #[test]
+    fn gsi_allocator_reuses_freed_gsis() {
+        let mut a = GsiAllocator::new(KVM_MAX_IRQ_ROUTES);
+        let g: Vec<u32> = (0..4).map(|_| a.allocate().unwrap()).collect();
+        assert_eq!(g, vec![24, 25, 26, 27]);
+        assert!(a.free(25));
+        assert!(a.free(24));
+        assert_eq!(a.allocate(), Some(24), "lowest freed GSI first");
+        assert_eq!(a.allocate(), Some(25));
+        assert_eq!(a.allocate(), Some(28));
+    }
+
+    #[test]
+    fn gsi_allocator_stops_at_limit() {
+        let mut a = GsiAllocator::new(28);
+        assert_eq!(a.allocate_many(4), Some(vec![24, 25, 26, 27]));
+        assert_eq!(a.allocate(), None);
+        assert_eq!(a.available(), 0);
+        assert!(a.free(26));
+        assert_eq!(a.allocate(), Some(26));
+    }
+
+    #[test]
+    fn gsi_allocator_allocate_many_is_all_or_nothing() {
+        let mut a = GsiAllocator::new(30);
+        assert_eq!(a.allocate_many(7), None);
+        assert_eq!(a.in_use(), 0);
+        assert_eq!(a.allocate_many(6).map(|v| v.len()), Some(6));
+    }
+
+    #[test]
+    fn gsi_allocator_refuses_double_and_foreign_free() {
+        let mut a = GsiAllocator::new(KVM_MAX_IRQ_ROUTES);
+        let g = a.allocate().unwrap();
+        assert!(!a.free(3), "I/O APIC pins are not the allocator's");
+        assert!(!a.free(100), "never handed out");
+        assert!(a.free(g));
+        assert!(!a.free(g), "double free");
+        assert_eq!(a.in_use(), 0);
+    }
+
+    #[test]
+    fn gsi_allocator_freeing_top_shrinks_high_water_mark() {
+        let mut a = GsiAllocator::new(KVM_MAX_IRQ_ROUTES);
+        a.allocate_many(3).unwrap(); // 24, 25, 26
+        assert!(a.free(25));
+        assert!(a.free(26));
+        assert_eq!(a.in_use(), 1);
+        assert_eq!(a.allocate(), Some(25));
+        assert_eq!(a.allocate(), Some(26));
+    }
+
+    #[test]
+    fn gsi_allocator_limit_below_first_gsi_hands_out_nothing() {
+        let mut a = GsiAllocator::new(10);
+        assert_eq!(a.allocate(), None);
+    }
+}

@@ -10,6 +10,7 @@ pub mod fwcfg;
 pub mod interrupt;
 pub mod ioapic;
 pub mod legacy;
+pub mod pci;
 pub mod pit;
 pub mod serial;
 pub mod testdev;

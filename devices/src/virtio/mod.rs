@@ -8,6 +8,8 @@
 //! on their own worker thread: no vCPU exit per notification, no userspace
 //! exit per interrupt (irqfd).
 
+pub mod pci;
+
 use std::sync::Arc;
 
 use virtio_queue::Queue;
