@@ -470,7 +470,13 @@ fn handle_line(line: &str, st: &mut State, reg: &SourceRegistry, routes: &[PinRo
         "kvm_apic_accept_irq" | "kvm_apicv_accept_irq" => {
             let vec = num(field(f, "vec")).unwrap_or(0) as u8;
             let apic = hex(field(f, "apicid")).map(|a| a as u32);
-            let o = owners(st, vec, apic);
+            // INIT and SIPI come only from ICR writes; their "vector" is not
+            // an interrupt vector.
+            let o = if f.contains("(INIT|") || f.contains("(SIPI|") {
+                vec![SOURCE_IPI]
+            } else {
+                owners(st, vec, apic)
+            };
             bump(st, &o, |c| c.apic_accept_irq += 1);
         }
         // "IRQ 0x41" or "Soft/INTn 0x..": no APIC ID in this event.
