@@ -8,7 +8,12 @@
 //! on their own worker thread: no vCPU exit per notification, no userspace
 //! exit per interrupt (irqfd).
 
+pub mod block;
+pub mod mmio;
+pub mod net;
 pub mod pci;
+pub mod tap;
+pub mod worker;
 
 use std::sync::Arc;
 
@@ -92,4 +97,10 @@ pub trait VirtioDevice: Send {
     /// Stop processing (join the worker) and return to the pre-activation
     /// state. Returns false if the device cannot be reset.
     fn reset(&mut self) -> bool;
+    /// Device counters for a statistics report, as (name, value) pairs.
+    /// Devices with a worker report at least "notifications" (queue
+    /// notifications consumed from the ioeventfds). Default: none.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
