@@ -174,6 +174,10 @@ pub struct IoApic {
     line: [bool; NUM_PINS],
     /// Route last installed successfully in KVM, per GSI.
     installed: [Option<MsiMessage>; NUM_PINS],
+    /// Pins a device drives through an irqfd on GSI = pin, bypassing
+    /// `set_irq`: their route is removed while the pin is masked and
+    /// edge-triggered, so KVM drops the edge as the 82093AA would.
+    irqfd_driven: [bool; NUM_PINS],
     pin_stats: [PinStats; NUM_PINS],
     stats: IoApicStats,
     warned: u8,
@@ -191,9 +195,22 @@ impl IoApic {
             remote_irr: [false; NUM_PINS],
             line: [false; NUM_PINS],
             installed: [None; NUM_PINS],
+            irqfd_driven: [false; NUM_PINS],
             pin_stats: [PinStats::default(); NUM_PINS],
             stats: IoApicStats::default(),
             warned: 0,
+        }
+    }
+
+    /// Declare that a device drives `pin` through an irqfd on GSI `pin`
+    /// (virtio-mmio): while the pin is masked and edge-triggered its KVM
+    /// route is removed, so the irqfd's edges are dropped like masked edges
+    /// on real hardware. Level pins keep their route (KVM needs it to scan
+    /// for EOI exits). Out-of-range pins are ignored.
+    pub fn set_irqfd_driven(&mut self, pin: usize, driven: bool) {
+        if let Some(d) = self.irqfd_driven.get_mut(pin) {
+            *d = driven;
+            let _ = self.sync_route(pin);
         }
     }
 
@@ -345,13 +362,18 @@ impl IoApic {
 
     /// Make KVM's route for `pin` match its RTE, if it does not already.
     fn sync_route(&mut self, pin: usize) -> Result<(), InterruptError> {
-        let msg = rte_to_msi(self.rte[pin]);
-        if self.installed[pin] == Some(msg) {
+        let rte = self.rte[pin];
+        let want = if self.irqfd_driven[pin] && rte & RTE_MASKED != 0 && !is_level(rte) {
+            None
+        } else {
+            Some(rte_to_msi(rte))
+        };
+        if self.installed[pin] == want {
             return Ok(());
         }
-        match self.routing.set_route(pin as u32, Some(msg)) {
+        match self.routing.set_route(pin as u32, want) {
             Ok(()) => {
-                self.installed[pin] = Some(msg);
+                self.installed[pin] = want;
                 Ok(())
             }
             Err(e) => {
@@ -672,6 +694,21 @@ mod tests {
         program(&mut io, 1, 0x31, 0);
         assert_eq!(fake.signal_count(), 0);
         assert_eq!(io.pin_stats()[1].masked_drops, 1);
+    }
+
+    #[test]
+    fn irqfd_driven_edge_pin_has_no_route_while_masked() {
+        let (mut io, fake) = setup();
+        io.set_irqfd_driven(5, true);
+        program(&mut io, 5, 0x35 | MASK, 0);
+        assert_eq!(fake.rec().set_routes.last(), Some(&(5, None)));
+        program(&mut io, 5, 0x35, 0);
+        let (gsi, msg) = *fake.rec().set_routes.last().unwrap();
+        assert_eq!(gsi, 5);
+        assert_eq!(msg.map(|m| m.vector()), Some(0x35));
+        // A masked level pin keeps its route: KVM must still see its vector.
+        program(&mut io, 5, 0x35 | MASK | LEVEL, 0);
+        assert!(fake.rec().set_routes.last().unwrap().1.is_some());
     }
 
     #[test]
