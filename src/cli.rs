@@ -36,6 +36,14 @@ pub enum KernelFormat {
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// virtio-pci with MSI-X (one GSI and irqfd per vector).
+    Pci,
+    /// virtio-mmio, each device on its own I/O APIC pin (5, 6, ...).
+    Mmio,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryMode {
     /// 64-bit long mode, first 4 GiB identity-mapped.
     #[value(name = "64")]
@@ -90,6 +98,15 @@ pub struct RunArgs {
     /// the 64-bit Linux boot protocol.
     #[arg(long)]
     pub pvh: bool,
+    /// A virtio-blk disk backed by a host file: PATH[,readonly]. Repeatable.
+    #[arg(long, value_name = "PATH[,readonly]")]
+    pub disk: Vec<String>,
+    /// A virtio-net device on a host TAP: tap=NAME[,mac=XX:XX:XX:XX:XX:XX]. Repeatable.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    pub net: Vec<String>,
+    /// Transport for --disk and --net devices.
+    #[arg(long, value_enum, default_value_t = Transport::Pci)]
+    pub transport: Transport,
     /// Stop the VM after this many seconds (exit status 6).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,

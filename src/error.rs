@@ -39,6 +39,8 @@ pub enum Error {
     RawNeedsEntry,
     #[error("bad --serial '{0}': use stdout, none or file:PATH")]
     SerialSyntax(String),
+    #[error("{0}")]
+    DeviceSpec(String),
     #[error("cannot set up {what}: {msg}")]
     Setup { what: &'static str, msg: String },
     #[error("cannot write {what} '{path}': {err}")]

@@ -10,5 +10,6 @@ pub mod sources;
 pub mod stats;
 pub mod trace;
 pub mod vcpu;
+pub mod virtio_setup;
 pub mod vm;
 pub mod vmm;

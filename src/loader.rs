@@ -63,7 +63,12 @@ pub fn detect(image: &[u8]) -> Option<KernelFormat> {
 }
 
 /// Load the guest named by `args`; returns the boot vCPU state.
-pub fn load(args: &RunArgs, mem: &GuestMemoryMmap, mem_size: u64) -> Result<(BootState, Protocol)> {
+pub fn load(
+    args: &RunArgs,
+    cmdline: &str,
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+) -> Result<(BootState, Protocol)> {
     let image = read_file("kernel", &args.kernel)?;
     let format = match args.kernel_format {
         KernelFormat::Auto => {
@@ -89,7 +94,7 @@ pub fn load(args: &RunArgs, mem: &GuestMemoryMmap, mem_size: u64) -> Result<(Boo
                 mem,
                 below_4g,
                 above_4g,
-                &args.cmdline,
+                cmdline,
                 initrd.as_deref().map(|d| (d, module_addr)),
             )
             .map_err(|e| load_err(e.to_string()))?;
@@ -150,9 +155,8 @@ pub fn load(args: &RunArgs, mem: &GuestMemoryMmap, mem_size: u64) -> Result<(Boo
                 Some(p) => Some(open("initrd", p)?),
                 None => None,
             };
-            let boot =
-                linux::load_linux(mem, &mut kernel, initrd.as_mut(), &args.cmdline, args.pvh)
-                    .map_err(|e| load_err(e.to_string()))?;
+            let boot = linux::load_linux(mem, &mut kernel, initrd.as_mut(), cmdline, args.pvh)
+                .map_err(|e| load_err(e.to_string()))?;
             // The MP table tells Linux about every CPU and the userspace
             // I/O APIC (ISA IRQ 0 on pin 2, IRQ n on pin n).
             mptable::setup_mptable(mem, args.cpus as u8, ioapic_mp_id(args.cpus))

@@ -428,6 +428,14 @@ impl SourceRegistry {
         (self.sources.len() - 1, routing)
     }
 
+    /// Give source `source` the device's own per-vector counters (for
+    /// devices created after their routing wrapper, such as MSI-X).
+    pub fn set_device_counters(&mut self, source: usize, counters: Arc<dyn MsiVectorCounters>) {
+        if let Some(s) = self.sources.get_mut(source) {
+            s.device_counters = Some(counters);
+        }
+    }
+
     fn attach(ranges: &mut Vec<Range>, source: usize, base: u64, len: u64) {
         ranges.push(Range {
             base,

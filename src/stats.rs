@@ -332,6 +332,8 @@ pub struct Report {
     pub eoi_exits_shared: u64,
     pub kvm_stats: Option<KvmStatsReport>,
     pub trace: Option<TraceReport>,
+    /// Virtio devices and their counters (`--disk`, `--net`).
+    pub virtio_devices: Vec<crate::virtio_setup::VirtioDeviceReport>,
 }
 
 fn kinds_map(exits: &[u64; EXIT_KINDS.len()]) -> BTreeMap<&'static str, u64> {
@@ -470,6 +472,31 @@ impl Report {
         }
         if let Some(m) = &self.msi_test_port {
             let _ = writeln!(s, "MSI test port: {} injected", m.injected);
+        }
+        if !self.virtio_devices.is_empty() {
+            let _ = writeln!(
+                s,
+                "Virtio devices  {:<10}{:<24}{:>12}{:>14}  counters",
+                "transport", "interrupt", "interrupts", "notify-exits"
+            );
+            for d in &self.virtio_devices {
+                let busy: Vec<String> = d
+                    .counters
+                    .iter()
+                    .filter(|(_, v)| **v > 0)
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "  {:<14}{:<10}{:<24}{:>12}{:>14}  {}",
+                    d.name,
+                    d.transport,
+                    d.interrupt,
+                    d.interrupts,
+                    d.notify_exits,
+                    busy.join(", ")
+                );
+            }
         }
         self.sources_table(&mut s);
         self.kvm_stats_table(&mut s);
@@ -715,6 +742,7 @@ pub struct ReportInputs<'a> {
     pub kvm_stats: Option<&'a crate::kvm_stats::KvmStats>,
     pub host: &'a HostReport,
     pub disable_exits: u32,
+    pub virtio: &'a crate::virtio_setup::VirtioSetup,
 }
 
 impl ReportInputs<'_> {
@@ -766,6 +794,7 @@ impl ReportInputs<'_> {
         report.msi_test_port = self.msi_injected.map(|c| MsiPortReport {
             injected: c.load(Ordering::Relaxed),
         });
+        report.virtio_devices = self.virtio.reports();
         report.snapshot = snapshot;
         report.host = Some(self.host.clone());
         report.disable_exits = crate::host::disable_exits_names(self.disable_exits);

@@ -29,7 +29,9 @@ use crate::sources::SourceRegistry;
 use crate::stats::{ReportInputs, SnapshotInfo, VcpuCounters, VcpuStats};
 use crate::trace::{TraceReport, Tracer};
 use crate::vcpu::{self, VcpuContext};
+use crate::virtio_setup;
 use crate::vm::{self, GsiRouter};
+use devices::interrupt::EventRegistry;
 
 pub const MAX_CPUS: u32 = 64;
 
@@ -237,7 +239,26 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     mmio.insert("ioapic", IOAPIC_BASE, IOAPIC_SIZE, ioapic_dev)
         .map_err(io_setup("ioapic"))?;
 
-    let (boot, _protocol) = loader::load(args, &mem, mem_size)?;
+    // Virtio devices (--disk, --net) on --transport pci|mmio.
+    let events: Arc<dyn EventRegistry> = router.clone();
+    let virtio = virtio_setup::attach(
+        &args.disk,
+        &args.net,
+        args.transport,
+        virtio_setup::Wiring {
+            mem: &mem,
+            routing: routing.clone(),
+            events,
+            ioapic: &ioapic,
+            control: &control,
+            pio: &mut pio,
+            mmio: &mut mmio,
+            sources: &mut sources,
+        },
+    )?;
+    let cmdline = format!("{}{}", args.cmdline, virtio.cmdline);
+
+    let (boot, _protocol) = loader::load(args, cmdline.trim(), &mem, mem_size)?;
 
     // vCPUs: all created before any runs.
     let supported = kvm
@@ -328,6 +349,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         kvm_stats: Some(&kvm_stats),
         host: &host_report,
         disable_exits: args.disable_exits.unwrap_or(0),
+        virtio: &virtio,
     };
     let trace_report = |t: &Option<Tracer>| match t {
         Some(t) => Some(t.snapshot()),
