@@ -1,0 +1,196 @@
+#![allow(dead_code)]
+//! Shared by the Linux guest tests: boots the project's guest kernel (resources/guest, built by
+//! scripts/build-guest-kernel.sh) with its busybox initramfs, to the init
+//! marker, and checks from the guest's own /proc/interrupts that the serial
+//! interrupt came through splitvm's userspace I/O APIC.
+//!
+//! On this project's development hosts guest kernel code is emulated, so a
+//! boot takes a minute or more: each boot is bounded (SPLITVM_BOOT_TIMEOUT,
+//! default 1200 s) and prints progress every 15 s.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Path printed on the last stdout line of a build script (cached builds
+/// are instant). The environment can name prebuilt files instead.
+fn built(var: &str, script: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(var) {
+        return PathBuf::from(p);
+    }
+    eprintln!("[linux_boot] {var} not set: running {script} (first build takes minutes)");
+    let out = Command::new(repo().join(script))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+    assert!(out.status.success(), "{script} failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    PathBuf::from(stdout.lines().last().expect("script printed a path").trim())
+}
+
+fn guest() -> &'static (PathBuf, PathBuf) {
+    static G: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    G.get_or_init(|| {
+        (
+            built("SPLITVM_GUEST_KERNEL", "scripts/build-guest-kernel.sh"),
+            built("SPLITVM_GUEST_INITRD", "scripts/build-initramfs.sh"),
+        )
+    })
+}
+
+fn cmdline(extra: &str) -> String {
+    let out = Command::new(repo().join("scripts/guest-cmdline.sh"))
+        .arg(extra)
+        .output()
+        .expect("run scripts/guest-cmdline.sh");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Boots run one at a time: two emulated kernels on a 2-core host would
+/// just slow each other down.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+pub struct Boot {
+    pub status: i32,
+    pub serial: String,
+    pub stats: serde_json::Value,
+    pub secs: f64,
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub fn boot(name: &str, cpus: u32, extra_args: &[&str], extra_cmdline: &str) -> Boot {
+    boot_wrapped(&[], name, cpus, extra_args, extra_cmdline)
+}
+
+/// [`boot`] with splitvm started through `wrapper` (e.g. `ip netns exec NS`).
+pub fn boot_wrapped(
+    wrapper: &[&str],
+    name: &str,
+    cpus: u32,
+    extra_args: &[&str],
+    extra_cmdline: &str,
+) -> Boot {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (kernel, initrd) = guest();
+    let dir = std::env::temp_dir().join(format!("splitvm-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let serial = dir.join("serial.log");
+    let json = dir.join("stats.json");
+    let timeout: u64 = std::env::var("SPLITVM_BOOT_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1200);
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(env!("CARGO_BIN_EXE_splitvm"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_splitvm")),
+    };
+    cmd.args(["run", "--kernel"])
+        .arg(kernel)
+        .arg("--initrd")
+        .arg(initrd)
+        .args(["--cmdline", &cmdline(extra_cmdline)])
+        .args(["--cpus", &cpus.to_string(), "--memory", "256M"])
+        .arg("--serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("--stats-json")
+        .arg(&json)
+        .args(["--timeout", &timeout.to_string(), "--progress", "never"])
+        .args(extra_args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("spawn splitvm");
+    let mut last = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait splitvm") {
+            break st;
+        }
+        if last.elapsed() >= Duration::from_secs(15) {
+            last = Instant::now();
+            let log = std::fs::read_to_string(&serial).unwrap_or_default();
+            eprintln!(
+                "[{name} {:5.0}s] {}",
+                start.elapsed().as_secs_f64(),
+                log.lines().last().unwrap_or("(no serial output yet)")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let log = std::fs::read_to_string(&serial).unwrap_or_default();
+    let stats = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let code = status.code().unwrap_or(-1);
+    eprintln!("[{name}] splitvm exited with status {code} after {secs:.1} s");
+    if code == 6 {
+        panic!(
+            "{name}: no reboot within {timeout} s; last serial lines:\n{}\nsplitvm stderr:\n{stderr}",
+            tail(&log, 40)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Boot {
+        status: code,
+        serial: log,
+        stats,
+        secs,
+    }
+}
+
+/// The guest's /proc/interrupts, as printed by the project's /init.
+pub fn proc_interrupts(serial: &str) -> String {
+    let start = serial.find("--- /proc/interrupts ---").map(|i| i + 25);
+    let end = serial.find("--- end ---");
+    match (start, end) {
+        (Some(s), Some(e)) if e > s => serial[s..e].to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Standard base64, for `splitvm.run64=` guest commands.
+pub fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Kernel command-line argument that makes the project's /init run `cmd`.
+pub fn run_in_guest(cmd: &str) -> String {
+    format!("splitvm.run64={}", base64(cmd.as_bytes()))
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
