@@ -10,7 +10,6 @@
 //!
 //! No /dev/kvm is a failure, not a skip: CI has KVM.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -59,7 +58,7 @@ impl GuestRun {
         self.stats
             .get("exits")
             .and_then(|e| e.get(kind))
-            .map_or(0, Json::as_u64)
+            .map_or(0, JsonExt::num)
     }
 
     /// `eoi_exits_per_vector["<vector>"]`, 0 when absent.
@@ -67,30 +66,30 @@ impl GuestRun {
         self.stats
             .get("eoi_exits_per_vector")
             .and_then(|e| e.get(&vector.to_string()))
-            .map_or(0, Json::as_u64)
+            .map_or(0, JsonExt::num)
     }
 
     /// A field of `ioapic_pins[pin == n]`, 0 when the pin is not listed.
     fn pin(&self, n: u64, field: &str) -> u64 {
         self.stats
             .get("ioapic_pins")
-            .map(Json::items)
+            .map(JsonExt::items)
             .unwrap_or_default()
             .iter()
-            .find(|p| p.get("pin").map(Json::as_u64) == Some(n))
+            .find(|p| p.get("pin").map(JsonExt::num) == Some(n))
             .and_then(|p| p.get(field))
-            .map_or(0, Json::as_u64)
+            .map_or(0, JsonExt::num)
     }
 
     /// Pins with any delivery.
     fn delivering_pins(&self) -> Vec<u64> {
         self.stats
             .get("ioapic_pins")
-            .map(Json::items)
+            .map(JsonExt::items)
             .unwrap_or_default()
             .iter()
-            .filter(|p| p.get("delivered").map_or(0, Json::as_u64) > 0)
-            .filter_map(|p| p.get("pin").map(Json::as_u64))
+            .filter(|p| p.get("delivered").map_or(0, JsonExt::num) > 0)
+            .filter_map(|p| p.get("pin").map(JsonExt::num))
             .collect()
     }
 
@@ -194,8 +193,8 @@ fn run_guest(name: &str, cpus: u32) -> GuestRun {
 
     let text = fs::read_to_string(&stats_path)
         .unwrap_or_else(|e| panic!("no stats file {}: {e}\n{context}", stats_path.display()));
-    let stats =
-        Json::parse(&text).unwrap_or_else(|e| panic!("stats JSON does not parse: {e}\n{text}"));
+    let stats = serde_json::from_str::<Json>(&text)
+        .unwrap_or_else(|e| panic!("stats JSON does not parse: {e}\n{text}"));
     let _ = fs::remove_dir_all(&dir);
     eprintln!("micro-guest {name}: passed in {elapsed:?}");
 
@@ -206,7 +205,7 @@ fn run_guest(name: &str, cpus: u32) -> GuestRun {
         stats,
         elapsed,
     };
-    let version = run.stats.get("schema_version").map_or(0, Json::as_u64);
+    let version = run.stats.get("schema_version").map_or(0, JsonExt::num);
     assert!(
         version >= 1,
         "stats schema_version {version}\n{}",
@@ -220,13 +219,13 @@ fn run_guest(name: &str, cpus: u32) -> GuestRun {
     );
     run.expect(
         "stats exit_status",
-        run.stats.get("exit_status").map_or(0, Json::as_u64),
+        run.stats.get("exit_status").map_or(0, JsonExt::num),
         1,
     );
     let vcpus = run
         .stats
         .get("vcpus")
-        .map(Json::items)
+        .map(JsonExt::items)
         .unwrap_or_default()
         .len();
     run.expect("vcpus in the stats", vcpus as u64, u64::from(cpus));
@@ -240,7 +239,7 @@ fn expect_no_eoi_exits(run: &GuestRun) {
     let per_vector = run
         .stats
         .get("eoi_exits_per_vector")
-        .map(Json::entries)
+        .map(JsonExt::entries)
         .unwrap_or_default();
     assert!(
         per_vector.is_empty(),
@@ -356,7 +355,7 @@ fn msi_test_port() {
         .stats
         .get("msi_test_port")
         .and_then(|m| m.get("injected"))
-        .map_or(0, Json::as_u64);
+        .map_or(0, JsonExt::num);
     run.expect("msi_test_port.injected", injected, 2);
     assert!(
         run.delivering_pins().is_empty(),
@@ -392,229 +391,27 @@ fn x2apic() {
     expect_no_eoi_exits(&run);
 }
 
-// ---- a small JSON reader (std only) ------------------------------------
+// ---- reading the stats JSON ---------------------------------------------
 
-#[derive(Debug, Clone, PartialEq)]
-enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(BTreeMap<String, Json>),
+type Json = serde_json::Value;
+
+/// Lenient accessors: missing or mistyped values read as 0 / empty.
+trait JsonExt {
+    fn num(&self) -> u64;
+    fn items(&self) -> Vec<Json>;
+    fn entries(&self) -> Vec<(String, Json)>;
 }
 
-impl Json {
-    fn parse(text: &str) -> Result<Json, String> {
-        let mut p = Parser {
-            s: text.as_bytes(),
-            i: 0,
-        };
-        let v = p.value()?;
-        p.ws();
-        if p.i != p.s.len() {
-            return Err(format!("trailing data at byte {}", p.i));
-        }
-        Ok(v)
+impl JsonExt for Json {
+    fn num(&self) -> u64 {
+        self.as_u64().unwrap_or(0)
     }
-
-    fn get(&self, key: &str) -> Option<&Json> {
-        match self {
-            Json::Obj(m) => m.get(key),
-            _ => None,
-        }
-    }
-
-    fn as_u64(&self) -> u64 {
-        match self {
-            Json::Num(n) if *n >= 0.0 => *n as u64,
-            _ => 0,
-        }
-    }
-
-    fn as_str(&self) -> Option<&str> {
-        match self {
-            Json::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-
     fn items(&self) -> Vec<Json> {
-        match self {
-            Json::Arr(a) => a.clone(),
-            _ => Vec::new(),
-        }
+        self.as_array().cloned().unwrap_or_default()
     }
-
     fn entries(&self) -> Vec<(String, Json)> {
-        match self {
-            Json::Obj(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            _ => Vec::new(),
-        }
+        self.as_object()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
     }
-}
-
-struct Parser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl Parser<'_> {
-    fn ws(&mut self) {
-        while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
-            self.i += 1;
-        }
-    }
-
-    fn eat(&mut self, c: u8) -> Result<(), String> {
-        self.ws();
-        if self.s.get(self.i) == Some(&c) {
-            self.i += 1;
-            Ok(())
-        } else {
-            Err(format!("expected '{}' at byte {}", c as char, self.i))
-        }
-    }
-
-    fn value(&mut self) -> Result<Json, String> {
-        self.ws();
-        match self.s.get(self.i) {
-            Some(b'{') => {
-                self.i += 1;
-                let mut m = BTreeMap::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b'}') {
-                    self.i += 1;
-                    return Ok(Json::Obj(m));
-                }
-                loop {
-                    self.ws();
-                    let k = self.string()?;
-                    self.eat(b':')?;
-                    let v = self.value()?;
-                    m.insert(k, v);
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b'}') => {
-                            self.i += 1;
-                            return Ok(Json::Obj(m));
-                        }
-                        _ => return Err(format!("bad object at byte {}", self.i)),
-                    }
-                }
-            }
-            Some(b'[') => {
-                self.i += 1;
-                let mut a = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b']') {
-                    self.i += 1;
-                    return Ok(Json::Arr(a));
-                }
-                loop {
-                    a.push(self.value()?);
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(Json::Arr(a));
-                        }
-                        _ => return Err(format!("bad array at byte {}", self.i)),
-                    }
-                }
-            }
-            Some(b'"') => self.string().map(Json::Str),
-            Some(b't') => self.word("true", Json::Bool(true)),
-            Some(b'f') => self.word("false", Json::Bool(false)),
-            Some(b'n') => self.word("null", Json::Null),
-            Some(_) => {
-                let start = self.i;
-                while self.i < self.s.len()
-                    && matches!(
-                        self.s[self.i],
-                        b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
-                    )
-                {
-                    self.i += 1;
-                }
-                let t = std::str::from_utf8(&self.s[start..self.i]).map_err(|e| e.to_string())?;
-                t.parse()
-                    .map(Json::Num)
-                    .map_err(|_| format!("bad number '{t}' at byte {start}"))
-            }
-            None => Err("unexpected end of JSON".to_string()),
-        }
-    }
-
-    fn word(&mut self, w: &str, v: Json) -> Result<Json, String> {
-        if self.s[self.i..].starts_with(w.as_bytes()) {
-            self.i += w.len();
-            Ok(v)
-        } else {
-            Err(format!("bad literal at byte {}", self.i))
-        }
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        if self.s.get(self.i) != Some(&b'"') {
-            return Err(format!("expected a string at byte {}", self.i));
-        }
-        self.i += 1;
-        let mut out = Vec::new();
-        loop {
-            let c = *self.s.get(self.i).ok_or("unterminated string")?;
-            self.i += 1;
-            match c {
-                b'"' => return String::from_utf8(out).map_err(|e| e.to_string()),
-                b'\\' => {
-                    let e = *self.s.get(self.i).ok_or("unterminated escape")?;
-                    self.i += 1;
-                    match e {
-                        b'n' => out.push(b'\n'),
-                        b't' => out.push(b'\t'),
-                        b'r' => out.push(b'\r'),
-                        b'b' => out.push(8),
-                        b'f' => out.push(12),
-                        b'u' => {
-                            let hex = self.s.get(self.i..self.i + 4).ok_or("short \\u escape")?;
-                            let hex = std::str::from_utf8(hex).map_err(|e| e.to_string())?;
-                            let code = u32::from_str_radix(hex, 16).map_err(|e| e.to_string())?;
-                            self.i += 4;
-                            let ch = char::from_u32(code).unwrap_or('\u{fffd}');
-                            let mut buf = [0; 4];
-                            out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
-                        }
-                        other => out.push(other),
-                    }
-                }
-                _ => out.push(c),
-            }
-        }
-    }
-}
-
-#[test]
-fn json_reader_reads_the_stats_shape() {
-    let j = Json::parse(
-        r#"{"schema_version": 1, "exits": {"io": 12, "ioapic_eoi": 1}, "ok": true, "n": null,
-            "ioapic_pins": [{"pin": 11, "delivered": 2}], "s": "a\"b\u0041", "f": -1.5e0}"#,
-    )
-    .unwrap();
-    assert_eq!(j.get("schema_version").map(Json::as_u64), Some(1));
-    assert_eq!(
-        j.get("exits")
-            .and_then(|e| e.get("ioapic_eoi"))
-            .map(Json::as_u64),
-        Some(1)
-    );
-    assert_eq!(
-        j.get("ioapic_pins").map(Json::items).unwrap()[0].get("delivered"),
-        Some(&Json::Num(2.0))
-    );
-    assert_eq!(j.get("s").and_then(Json::as_str), Some("a\"bA"));
-    assert_eq!(j.get("f"), Some(&Json::Num(-1.5)));
-    assert_eq!(j.get("n"), Some(&Json::Null));
-    assert!(Json::parse("{\"a\": }").is_err());
 }
