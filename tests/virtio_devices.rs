@@ -27,7 +27,10 @@ struct NetNs {
 
 impl NetNs {
     fn new(name: &str, tap: &str) -> NetNs {
-        let _ = Command::new("ip").args(["netns", "del", name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(std::process::Stdio::null())
+            .status();
         ip(&["netns", "add", name]);
         let ns = NetNs { name: name.into() };
         ip(&["-n", name, "link", "set", "lo", "up"]);
@@ -63,7 +66,7 @@ fn disk_and_net(transport: &str) {
     let ns_name = format!("spvm-{transport}-{}", std::process::id());
     let tap = format!("spvmtap-{}", &transport[..1]);
     let ns = NetNs::new(&ns_name, &tap);
-    let dir = std::env::temp_dir().join(format!("splitvm-{name}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("splitvm-disk-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let disk = dir.join("disk.img");
     disk_image(&disk);
