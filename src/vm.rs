@@ -233,6 +233,30 @@ impl MsiRouting for GsiRouter {
     }
 }
 
+impl GsiRouter {
+    /// KVM_IOEVENTFD assign (`assign`) or deassign, with or without datamatch.
+    fn ioevent(
+        &self,
+        fd: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Option<u32>,
+        assign: bool,
+    ) -> std::result::Result<(), InterruptError> {
+        let a = match addr {
+            IoEventAddress::Pio(p) => kvm_ioctls::IoEventAddress::Pio(p),
+            IoEventAddress::Mmio(m) => kvm_ioctls::IoEventAddress::Mmio(m),
+        };
+        let r = match (datamatch, assign) {
+            (Some(d), true) => self.vm.register_ioevent(fd, &a, d),
+            (None, true) => self.vm.register_ioevent(fd, &a, NoDatamatch),
+            (Some(d), false) => self.vm.unregister_ioevent(fd, &a, d),
+            (None, false) => self.vm.unregister_ioevent(fd, &a, NoDatamatch),
+        };
+        let what = if assign { "assign" } else { "deassign" };
+        r.map_err(|e| InterruptError::Routing(format!("KVM_IOEVENTFD {what} {addr:?}: {e}")))
+    }
+}
+
 impl EventRegistry for GsiRouter {
     fn register_ioevent(
         &self,
@@ -240,15 +264,7 @@ impl EventRegistry for GsiRouter {
         addr: IoEventAddress,
         datamatch: Option<u32>,
     ) -> std::result::Result<(), InterruptError> {
-        let a = match addr {
-            IoEventAddress::Pio(p) => kvm_ioctls::IoEventAddress::Pio(p),
-            IoEventAddress::Mmio(m) => kvm_ioctls::IoEventAddress::Mmio(m),
-        };
-        let r = match datamatch {
-            Some(d) => self.vm.register_ioevent(fd, &a, d),
-            None => self.vm.register_ioevent(fd, &a, NoDatamatch),
-        };
-        r.map_err(|e| InterruptError::Routing(format!("KVM_IOEVENTFD: {e}")))
+        self.ioevent(fd, addr, datamatch, true)
     }
 
     fn unregister_ioevent(
@@ -257,15 +273,7 @@ impl EventRegistry for GsiRouter {
         addr: IoEventAddress,
         datamatch: Option<u32>,
     ) -> std::result::Result<(), InterruptError> {
-        let a = match addr {
-            IoEventAddress::Pio(p) => kvm_ioctls::IoEventAddress::Pio(p),
-            IoEventAddress::Mmio(m) => kvm_ioctls::IoEventAddress::Mmio(m),
-        };
-        let r = match datamatch {
-            Some(d) => self.vm.unregister_ioevent(fd, &a, d),
-            None => self.vm.unregister_ioevent(fd, &a, NoDatamatch),
-        };
-        r.map_err(|e| InterruptError::Routing(format!("KVM_IOEVENTFD deassign: {e}")))
+        self.ioevent(fd, addr, datamatch, false)
     }
 
     fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> std::result::Result<(), InterruptError> {
