@@ -191,7 +191,7 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, ctx: VcpuContext) -> VcpuStats {
                     VcpuExit::Intr => stats.exit(ExitKind::Intr),
                     VcpuExit::Shutdown => {
                         stats.exit(ExitKind::Shutdown);
-                        ctx.control.request_exit(ExitReason::Reset);
+                        ctx.control.request_exit(ExitReason::TripleFault);
                     }
                     VcpuExit::SystemEvent(kind, _) => {
                         stats.exit(ExitKind::SystemEvent);

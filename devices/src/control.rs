@@ -12,6 +12,8 @@ pub enum ExitReason {
     Reset,
     /// The guest powered off.
     Poweroff,
+    /// A triple fault (KVM_EXIT_SHUTDOWN): on a PC this resets the machine.
+    TripleFault,
     /// isa-debug-exit write: the process exits with `(value << 1) | 1`.
     DebugExit(u32),
     /// The guest stopped on something KVM could not run; the VMM reports it.
@@ -29,7 +31,7 @@ impl ExitReason {
     /// VMM's own; odd values come from the guest's debug-exit device).
     pub fn status(&self) -> i32 {
         match self {
-            ExitReason::Reset | ExitReason::Poweroff => 0,
+            ExitReason::Reset | ExitReason::Poweroff | ExitReason::TripleFault => 0,
             ExitReason::DebugExit(v) => ((*v as i64) << 1 | 1) as i32 & 0xff,
             ExitReason::VmmError(_) => 2,
             ExitReason::GuestError(_) => 4,
@@ -43,6 +45,7 @@ impl ExitReason {
         match self {
             ExitReason::Reset => "reset",
             ExitReason::Poweroff => "poweroff",
+            ExitReason::TripleFault => "triple-fault",
             ExitReason::DebugExit(_) => "debug-exit",
             ExitReason::GuestError(_) => "guest-error",
             ExitReason::VmmError(_) => "vmm-error",
