@@ -7,6 +7,7 @@ pub mod host;
 pub mod kvm_stats;
 pub mod loader;
 pub mod sources;
+pub mod startup;
 pub mod stats;
 pub mod trace;
 pub mod vcpu;

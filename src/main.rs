@@ -5,6 +5,7 @@ use clap::Parser;
 use splitvm::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    splitvm::startup::mark_main();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -334,6 +334,8 @@ pub struct Report {
     pub trace: Option<TraceReport>,
     /// Virtio devices and their counters (`--disk`, `--net`).
     pub virtio_devices: Vec<crate::virtio_setup::VirtioDeviceReport>,
+    /// Startup timing (src/startup.rs).
+    pub startup: crate::startup::StartupReport,
 }
 
 fn kinds_map(exits: &[u64; EXIT_KINDS.len()]) -> BTreeMap<&'static str, u64> {
@@ -795,6 +797,7 @@ impl ReportInputs<'_> {
             injected: c.load(Ordering::Relaxed),
         });
         report.virtio_devices = self.virtio.reports();
+        report.startup = crate::startup::report();
         report.snapshot = snapshot;
         report.host = Some(self.host.clone());
         report.disable_exits = crate::host::disable_exits_names(self.disable_exits);

@@ -126,6 +126,7 @@ pub struct VcpuContext {
 /// Run `vcpu` until the VM stops; returns a final snapshot of its counters.
 pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, ctx: VcpuContext) -> VcpuStats {
     let stats = ctx.counters.clone();
+    crate::startup::mark_first_kvm_run();
     loop {
         if ctx.control.is_stopping() {
             break;
