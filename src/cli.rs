@@ -107,6 +107,10 @@ pub struct RunArgs {
     /// Transport for --disk and --net devices.
     #[arg(long, value_enum, default_value_t = Transport::Pci)]
     pub transport: Transport,
+    /// Leave out the i8254 PIT (pin 2). Linux guests with kvmclock and the
+    /// TSC-deadline timer do not need it; see docs/guest-kernel.md.
+    #[arg(long)]
+    pub no_pit: bool,
     /// Stop the VM after this many seconds (exit status 6).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,

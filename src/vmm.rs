@@ -173,17 +173,20 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         .map_err(io_setup("i8042"))?;
     pio.insert_with_offset("i8042", 0x64, 1, i8042, 4)
         .map_err(io_setup("i8042"))?;
-    // The 8254 PIT on I/O APIC pin 2 (ISA IRQ 0 in the MP table): Linux
-    // needs a working periodic tick to verify the LAPIC timer.
-    let pit = Pit::new(IrqLine::new(ioapic.clone(), PIT_IRQ_PIN)).map_err(|e| Error::Setup {
-        what: "PIT timer thread",
-        msg: e.to_string(),
-    })?;
-    let port61 = pit.port61();
-    pio.insert("pit", PIT_BASE.into(), PIT_LEN, dev(pit))
-        .map_err(io_setup("pit"))?;
-    pio.insert("pit", PORT61.into(), 1, dev(port61))
-        .map_err(io_setup("pit"))?;
+    // The 8254 PIT on I/O APIC pin 2 (ISA IRQ 0 in the MP table), for
+    // guests that calibrate or tick with it (see docs/guest-kernel.md).
+    if !args.no_pit {
+        let pit =
+            Pit::new(IrqLine::new(ioapic.clone(), PIT_IRQ_PIN)).map_err(|e| Error::Setup {
+                what: "PIT timer thread",
+                msg: e.to_string(),
+            })?;
+        let port61 = pit.port61();
+        pio.insert("pit", PIT_BASE.into(), PIT_LEN, dev(pit))
+            .map_err(io_setup("pit"))?;
+        pio.insert("pit", PORT61.into(), 1, dev(port61))
+            .map_err(io_setup("pit"))?;
+    }
     let quiet = dev(QuietPorts);
     for (name, base, len) in QUIET_PORTS {
         pio.insert(name, *base, *len, quiet.clone())
