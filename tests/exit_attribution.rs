@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+
+use common::schema::{load_schema, validate};
+
 const N: u64 = 16;
 
 /// Raw 32-bit guest: N level interrupts on pin 11 (vector 0x41, line driven
@@ -144,9 +148,10 @@ fn kvm_usable() -> bool {
         .write(true)
         .open("/dev/kvm")
         .is_ok();
-    if !ok {
-        eprintln!("skipped: /dev/kvm is not usable here");
-    }
+    assert!(
+        ok,
+        "/dev/kvm cannot be opened read-write: these tests run guests under KVM (CI has KVM)"
+    );
     ok
 }
 
@@ -540,93 +545,6 @@ fn micro_guest_msi_test_port_causes_no_eoi_exit() {
     assert_eq!(msi["eoi_exits"], 0);
     assert_eq!(r["exits"].get("ioapic_eoi"), None, "{:#}", r["exits"]);
     assert_eq!(msi["routes"].as_array().unwrap().len(), 2, "{msi:#}");
-}
-
-// ---- a small JSON Schema validator (the subset docs/stats-schema.json uses)
-
-fn load_schema() -> Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/stats-schema.json");
-    serde_json::from_str(&fs::read_to_string(p).unwrap()).expect("schema parses")
-}
-
-fn type_ok(t: &str, v: &Value) -> bool {
-    match t {
-        "object" => v.is_object(),
-        "array" => v.is_array(),
-        "string" => v.is_string(),
-        "boolean" => v.is_boolean(),
-        "null" => v.is_null(),
-        "integer" => v.is_u64() || v.is_i64(),
-        "number" => v.is_number(),
-        _ => false,
-    }
-}
-
-/// Supports type, enum, required, properties, additionalProperties,
-/// items, oneOf and local $ref.
-fn validate(root: &Value, s: &Value, v: &Value, at: &str) -> Vec<String> {
-    let mut errs = Vec::new();
-    if let Some(r) = s.get("$ref").and_then(Value::as_str) {
-        let mut target = root;
-        for part in r.trim_start_matches("#/").split('/') {
-            target = &target[part];
-        }
-        return validate(root, target, v, at);
-    }
-    if let Some(alts) = s.get("oneOf").and_then(Value::as_array) {
-        let ok = alts
-            .iter()
-            .filter(|a| validate(root, a, v, at).is_empty())
-            .count();
-        if ok != 1 {
-            errs.push(format!("{at}: matches {ok} of oneOf"));
-        }
-        return errs;
-    }
-    if let Some(t) = s.get("type") {
-        let types: Vec<&str> = match t {
-            Value::String(x) => vec![x.as_str()],
-            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
-            _ => vec![],
-        };
-        if !types.iter().any(|t| type_ok(t, v)) {
-            errs.push(format!("{at}: {v} is not {types:?}"));
-            return errs;
-        }
-    }
-    if let Some(e) = s.get("enum").and_then(Value::as_array) {
-        if !e.contains(v) {
-            errs.push(format!("{at}: {v} not in {e:?}"));
-        }
-    }
-    if let Some(o) = v.as_object() {
-        for k in s
-            .get("required")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let k = k.as_str().unwrap();
-            if !o.contains_key(k) {
-                errs.push(format!("{at}: missing required `{k}`"));
-            }
-        }
-        let props = s.get("properties").and_then(Value::as_object);
-        for (k, x) in o {
-            let sub = format!("{at}.{k}");
-            match (props.and_then(|p| p.get(k)), s.get("additionalProperties")) {
-                (Some(ps), _) => errs.extend(validate(root, ps, x, &sub)),
-                (None, Some(ap)) if ap.is_object() => errs.extend(validate(root, ap, x, &sub)),
-                _ => {}
-            }
-        }
-    }
-    if let (Some(a), Some(items)) = (v.as_array(), s.get("items")) {
-        for (i, x) in a.iter().enumerate() {
-            errs.extend(validate(root, items, x, &format!("{at}[{i}]")));
-        }
-    }
-    errs
 }
 
 #[test]

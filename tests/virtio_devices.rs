@@ -158,6 +158,31 @@ fn disk_and_net(transport: &str) {
         "{name}: no EOI exits expected: {}",
         b.stats["exits"]
     );
+    // The report validates against docs/stats-schema.json and its table
+    // rows name the serial pin and every virtio MSI-X vector or pin.
+    let errors = common::schema::check_report(&b.stats);
+    assert!(
+        errors.is_empty(),
+        "{name}: report violates the schema: {errors:#?}"
+    );
+    let sources = b.stats["sources"].as_array().cloned().unwrap_or_default();
+    let named = |n: &str| sources.iter().any(|s| s["name"].as_str() == Some(n));
+    assert!(named("serial"), "{name}: no serial source: {sources:#?}");
+    for dev in ["virtio-blk0", "virtio-net0"] {
+        let s = sources
+            .iter()
+            .find(|s| s["name"].as_str() == Some(dev))
+            .unwrap_or_else(|| panic!("{name}: no source row for {dev}: {sources:#?}"));
+        if transport == "pci" {
+            let vectors = s["per_vector"].as_array().map_or(0, Vec::len);
+            assert!(vectors >= 2, "{name}: {dev} lists its MSI-X vectors: {s:#}");
+        } else {
+            assert!(
+                s["pin"].as_u64().is_some(),
+                "{name}: {dev} is on a pin: {s:#}"
+            );
+        }
+    }
     assert_eq!(b.status, 0, "{name}: guest did not reboot cleanly");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,12 +1,15 @@
-#![allow(dead_code)]
-//! Shared by the Linux guest tests: boots the project's guest kernel (resources/guest, built by
-//! scripts/build-guest-kernel.sh) with its busybox initramfs, to the init
-//! marker, and checks from the guest's own /proc/interrupts that the serial
-//! interrupt came through splitvm's userspace I/O APIC.
+//! Helpers shared by the integration tests: booting the project's guest
+//! kernel (resources/guest, built by scripts/build-guest-kernel.sh) with its
+//! busybox initramfs, reading what the guest's /init printed, running
+//! commands in the guest, and checking reports against the JSON schema.
 //!
 //! On this project's development hosts guest kernel code is emulated, so a
 //! boot takes a minute or more: each boot is bounded (SPLITVM_BOOT_TIMEOUT,
 //! default 1200 s) and prints progress every 15 s.
+
+#![allow(dead_code)]
+
+pub mod schema;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
