@@ -37,6 +37,11 @@ fn check_boot(b: &Boot, name: &str, cpus: usize) {
         "{name}: guest did not reboot cleanly; tail:\n{}",
         tail(&b.serial, 20)
     );
+    let errors = common::schema::check_report(&b.stats);
+    assert!(
+        errors.is_empty(),
+        "{name}: report violates docs/stats-schema.json: {errors:#?}"
+    );
     eprintln!(
         "[{name}] boot to reboot in {:.1} s, {} VM exits counted by splitvm",
         b.secs, b.stats["total_exits"]
