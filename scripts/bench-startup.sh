@@ -29,6 +29,7 @@
 #                  without waiting behind other processes on a busy host
 #   LINUX=0        skip the Linux row of (a) (it needs the cached guest kernel + initramfs,
 #                  built by scripts/build-guest-kernel.sh / build-initramfs.sh if missing)
+#   KERNEL, INITRD use these instead of what those two scripts print
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -56,13 +57,14 @@ cp "$SPLITVM" "$tmp/splitvm"
 hello=target/micro-guests/hello.elf
 [[ -f "$hello" ]] || { echo "bench-startup: missing $hello (cargo build builds it)" >&2; exit 1; }
 
-kernel= initrd=
+kernel="" initrd=""
 if [[ "${LINUX:-1}" != 0 ]]; then
-    kernel=$(scripts/build-guest-kernel.sh 2>"$tmp/kbuild.log" | tail -n1) || kernel=
-    initrd=$(scripts/build-initramfs.sh 2>"$tmp/ibuild.log" | tail -n1) || initrd=
+    kernel=${KERNEL:-$(scripts/build-guest-kernel.sh 2>"$tmp/kbuild.log" | tail -n1)} || kernel=
+    initrd=${INITRD:-$(scripts/build-initramfs.sh 2>"$tmp/ibuild.log" | tail -n1)} || initrd=
     if [[ ! -f "$kernel" || ! -f "$initrd" ]]; then
-        echo "bench-startup: no guest kernel/initramfs; skipping the Linux row" >&2
-        kernel= initrd=
+        echo "bench-startup: no guest kernel/initramfs; skipping the Linux row:" >&2
+        cat "$tmp/kbuild.log" "$tmp/ibuild.log" >&2 2>/dev/null || true
+        kernel="" initrd=""
     fi
 fi
 cmdline=$(scripts/guest-cmdline.sh)

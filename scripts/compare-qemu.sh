@@ -12,6 +12,11 @@
 # linux-perf with apt-get if missing. Each boot is bounded by TIMEOUT seconds
 # (default 300); QEMU, perf and splitvm are killed on exit or interrupt.
 #
+# QEMU: -machine microvm,kernel-irqchip=split,pit=on,pic=off,rtc=off,isa-serial=on
+# -nodefaults -serial stdio -device i8042 (splitvm has an i8042 too; the guest resets
+# through it with reboot=k, and without one it would poll port 0x64 and fall back to a
+# triple fault). splitvm: run --cpus 1 --memory 128M --serial stdout --stats-json.
+#
 # What is measured, per run (every VMM is started as `perf stat -e EVENTS -- VMM`):
 #   marker_s   seconds from just before starting perf to the moment the line
 #              SPLITVM-INIT-MARKER arrives on the VMM's serial output (stdout pipe)
@@ -26,6 +31,8 @@
 #   kvm_exits  KVM's own binary statistic "exits" summed over vCPUs, read through the
 #              VMM (splitvm: --stats-json kvm_stats.vcpu_total.exits; QEMU: QMP
 #              query-stats, provider kvm): all exits, including those KVM handles itself
+#   cpu_s      perf's task-clock: CPU time of all the VMM's threads, KVM's emulation of
+#              guest code included (less sensitive to other load than the wall times)
 #   pio, mmio, msi  kvm:kvm_pio, kvm:kvm_mmio, kvm:kvm_msi_set_irq counts
 #   rss, guest_rss  the VMM's Rss and its guest-RAM mapping's Rss at the marker (MiB)
 #
@@ -63,7 +70,7 @@ cleanup() {
         wait "$driver" 2>/dev/null || true
     fi
     if [[ -n "${KEEP:-}" ]]; then
-        mkdir -p "$KEEP" && cp -r "$tmp"/. "$KEEP"/ 2>/dev/null || true
+        { mkdir -p "$KEEP" && cp -r "$tmp"/. "$KEEP"/; } 2>/dev/null || true
     fi
     rm -rf "$tmp"
 }
@@ -91,7 +98,7 @@ kernel, initrd, cmdline = E["CMP_KERNEL"], E["CMP_INITRD"], E["CMP_CMDLINE"]
 MARKER = b"SPLITVM-INIT-MARKER"
 MEM, MEM_KB = "128M", 128 * 1024
 EVENTS = ["kvm:kvm_userspace_exit", "kvm:kvm_exit", "kvm:kvm_pio", "kvm:kvm_mmio",
-          "kvm:kvm_msi_set_irq"]
+          "kvm:kvm_msi_set_irq", "task-clock"]
 live = []  # process groups to kill on the way out
 
 def bye(*_):
@@ -273,7 +280,9 @@ def run(vmm, i):
         raise RuntimeError(f"{tag}: the guest reset without printing the marker (see {serial_log})")
     for line in open(perf_out):
         f = line.strip().split(",")
-        if len(f) > 2 and f[2] in EVENTS:
+        if len(f) > 2 and f[2] == "task-clock":
+            r["cpu_s"] = float(f[0]) / 1000 if f[0].replace(".", "", 1).isdigit() else None
+        elif len(f) > 2 and f[2] in EVENTS:
             r[f[2].split(":")[1]] = int(f[0]) if f[0].isdigit() else None
     r["load"] = loadavg()
     return r
@@ -285,7 +294,7 @@ def fmt(v, spec):
         return format(int(v), "d") if float(v).is_integer() else format(v, ".1f")
     return format(v, spec)
 
-COLS = [("marker_s", "marker_s", ".1f"), ("reset_s", "reset_s", ".1f"),
+COLS = [("marker_s", "marker_s", ".1f"), ("reset_s", "reset_s", ".1f"), ("cpu_s", "cpu_s", ".1f"),
         ("kvm_userspace_exit", "uexits", "d"), ("kvm_exit", "kvm_exit", "d"),
         ("kvm_exits", "kvm_exits", "d"), ("kvm_pio", "pio", "d"), ("kvm_mmio", "mmio", "d"),
         ("kvm_msi_set_irq", "msi", "d"), ("rss_mib", "rss_MiB", ".1f"),
@@ -314,18 +323,23 @@ for i in range(runs):
               + f"  {r['load']}", flush=True)
 
 print()
-print("medians")
+print("median, min, max")
 print(header.rsplit("  load", 1)[0])
 med = {}
 for vmm in ("qemu", "splitvm"):
     med[vmm] = {}
-    for k, _, s in COLS:
-        xs = [r[k] for r in results if r["vmm"] == vmm and r.get(k) is not None]
-        med[vmm][k] = statistics.median(xs) if xs else None
-    print(f"{vmm:<8} {'':>3} " + " ".join(f"{fmt(med[vmm][k], s):>10}" for k, _, s in COLS))
+    for what, f in (("med", statistics.median), ("min", min), ("max", max)):
+        vals = {}
+        for k, _, s in COLS:
+            xs = [r[k] for r in results if r["vmm"] == vmm and r.get(k) is not None]
+            vals[k] = f(xs) if xs else None
+        if what == "med":
+            med[vmm] = vals
+        print(f"{vmm:<8} {what:>3} " + " ".join(f"{fmt(vals[k], s):>10}" for k, _, s in COLS))
 print()
 print("splitvm / QEMU (medians)      ratio   target")
 for k, label, target in [("marker_s", "wall time to marker", 0.9), ("reset_s", "wall time to reset", None),
+                         ("cpu_s", "VMM CPU time (task-clock)", None),
                          ("kvm_userspace_exit", "userspace exits (perf)", 0.8),
                          ("kvm_exits", "all exits (KVM stat)", 0.8), ("rss_mib", "Rss at marker", None)]:
     a, b = med["splitvm"][k], med["qemu"][k]
