@@ -14,7 +14,8 @@ use crate::layout::{
 
 pub const HEADER_MAGIC: u32 = 0x1BAD_B002;
 pub const BOOTLOADER_MAGIC: u32 = 0x2BAD_B002;
-const SEARCH_LEN: usize = 8192;
+/// The multiboot header must lie in the first 8 KiB of the image.
+pub const SEARCH_LEN: usize = 8192;
 const FLAG_AOUT_KLUDGE: u32 = 1 << 16;
 
 const INFO_MEM: u32 = 1 << 0;
