@@ -74,7 +74,8 @@ src_version=$(dpkg-query -W -f='${Version}' linux-source-6.1)
 hash=$(
     {
         printf 'script-version %s\nlinux-source-6.1 %s\n' "$SCRIPT_VERSION" "$src_version"
-        printf 'fragment\n'; cat "$fragment"
+        # Only the settings count (editing comments does not force a rebuild).
+        printf 'fragment\n'; grep -E '^(CONFIG_|# CONFIG_[A-Za-z0-9_]+ is not set)' "$fragment"
         for p in "${patches[@]}"; do
             printf 'patch %s\n' "$(basename "$p")"; cat "$p"
         done

@@ -5,7 +5,7 @@
 # host emulates guest kernel code.)
 #
 # Output: ${SPLITVM_CACHE:-$HOME/.cache/splitvm}/initramfs-<hash>.cpio, where
-# <hash> covers /init, the busybox package version and this script's version.
+# <hash> covers /init, the busybox package version and this script.
 # The last line printed on stdout is the absolute path of the cpio; everything
 # else goes to stderr. A second run with the same inputs only prints the path.
 #
@@ -60,6 +60,7 @@ hash=$(
     {
         printf 'script-version %s\nbusybox-static %s\n' "$SCRIPT_VERSION" "$bb_version"
         printf 'init\n'; cat "$init_script"
+        printf 'script\n'; cat "${BASH_SOURCE[0]}"
     } | sha256sum | cut -c1-16
 )
 out="$cache_root/initramfs-$hash.cpio"
@@ -86,6 +87,12 @@ while IFS= read -r applet; do
     ln -s /bin/busybox "$stage/$applet"
 done < <("$busybox" --list-full)
 install -m 0755 "$init_script" "$stage/init"
+# /init mounts these with a single `mount -a` (one fork+exec instead of three).
+cat >"$stage/etc/fstab" <<'EOF'
+proc      /proc  proc      defaults  0 0
+sysfs     /sys   sysfs     defaults  0 0
+devtmpfs  /dev   devtmpfs  defaults  0 0
+EOF
 chmod 1777 "$stage/tmp"
 # The kernel's built-in default initramfs already has /dev/console; add it here
 # too when we can (mknod needs root), so the cpio also works on its own.
