@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Prints the kernel command line splitvm uses for the project's guest kernel.
-# Why each part is there: docs/guest-kernel.md.
+# Prints the kernel command line splitvm uses for the project's guest kernel,
+# followed by any arguments given. Why each part is there:
+# docs/guest-kernel.md ("Command line").
 set -euo pipefail
-echo "console=ttyS0 reboot=k panic=-1 nopvspin no-kvmapf no-kvmclock-vsyscall tsc=reliable lpj=1000000 clearcpuid=cx16,popcnt,fsgsbase,xsave,avx,avx2,avx512f,rdpid,invpcid,pcid,smap,pku,ospke $*"
+echo "console=ttyS0 reboot=k panic=-1 no-kvmapf noreplace-smp random.trust_cpu=on clearcpuid=cx16,popcnt,fsgsbase,xsave,avx,avx2,avx512f,rdpid,invpcid,pcid,smap,pku,ospke,erms,fsrm $*"
