@@ -111,6 +111,9 @@ pub struct RunArgs {
     /// TSC-deadline timer do not need it; see docs/guest-kernel.md.
     #[arg(long)]
     pub no_pit: bool,
+    /// Pin vCPU i to the i-th host CPU this process may use (wrapping).
+    #[arg(long)]
+    pub pin_vcpus: bool,
     /// Stop the VM after this many seconds (exit status 6).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,

@@ -317,6 +317,13 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             ))
         })
         .collect();
+    // --pin-vcpus: vCPU i runs on the i-th CPU of the process's affinity
+    // mask (wrapping around).
+    let host_cpus = if args.pin_vcpus {
+        vcpu::allowed_host_cpus()
+    } else {
+        Vec::new()
+    };
     let mut handles = Vec::new();
     for (id, vcpu) in vcpus.into_iter().enumerate() {
         let ctx = VcpuContext {
@@ -329,9 +336,17 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             counters: counters[id].clone(),
             sources: sources.clone(),
         };
+        let pin_to = (!host_cpus.is_empty()).then(|| host_cpus[id % host_cpus.len()]);
         let h = thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || vcpu::run_vcpu(vcpu, id as u32, ctx))
+            .spawn(move || {
+                if let Some(cpu) = pin_to {
+                    if let Err(e) = vcpu::pin_current_thread(cpu) {
+                        log::warn!("vCPU {id}: cannot pin to host CPU {cpu}: {e}");
+                    }
+                }
+                vcpu::run_vcpu(vcpu, id as u32, ctx)
+            })
             .map_err(|e| Error::Setup {
                 what: "vCPU thread",
                 msg: e.to_string(),

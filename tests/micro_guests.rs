@@ -65,7 +65,7 @@ impl GuestRun {
     fn eoi_exits(&self, vector: u8) -> u64 {
         self.stats
             .get("eoi_exits_per_vector")
-            .and_then(|e| e.get(&vector.to_string()))
+            .and_then(|e| e.get(vector.to_string()))
             .map_or(0, JsonExt::num)
     }
 
