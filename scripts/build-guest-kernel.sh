@@ -28,40 +28,16 @@ log() { printf 'build-guest-kernel: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+source "$repo_root/scripts/lib.sh"
 guest_dir="$repo_root/resources/guest"
 fragment="$guest_dir/kernel.config"
 patch_dir="$guest_dir/patches"
-cache_root="${SPLITVM_CACHE:-${HOME:-/root}/.cache/splitvm}"
+cache_root=$(cache_root_outside "$repo_root")
 jobs="${SPLITVM_JOBS:-$(nproc)}"
 
 [[ -f "$fragment" ]] || die "missing $fragment"
-case "$cache_root" in
-    "$repo_root"|"$repo_root"/*) die "SPLITVM_CACHE must be outside the source tree ($cache_root)" ;;
-esac
 
-as_root() {
-    if [[ $(id -u) -eq 0 ]]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo -n "$@"
-    else
-        die "need root (or sudo) to run: $*"
-    fi
-}
-
-ensure_packages() {
-    local missing=() p
-    for p in "$@"; do
-        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
-            missing+=("$p")
-        fi
-    done
-    [[ ${#missing[@]} -eq 0 ]] && return 0
-    log "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    as_root apt-get update -qq >&2 </dev/null
-    as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 </dev/null
-}
 
 ensure_packages "${PACKAGES[@]}"
 [[ -f "$KERNEL_TARBALL" ]] || die "$KERNEL_TARBALL not found after installing linux-source-6.1"

@@ -19,38 +19,14 @@ log() { printf 'build-initramfs: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+source "$repo_root/scripts/lib.sh"
 init_script="$repo_root/resources/guest/init"
-cache_root="${SPLITVM_CACHE:-${HOME:-/root}/.cache/splitvm}"
+cache_root=$(cache_root_outside "$repo_root")
 busybox=/bin/busybox
 
 [[ -f "$init_script" ]] || die "missing $init_script"
-case "$cache_root" in
-    "$repo_root"|"$repo_root"/*) die "SPLITVM_CACHE must be outside the source tree ($cache_root)" ;;
-esac
 
-as_root() {
-    if [[ $(id -u) -eq 0 ]]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo -n "$@"
-    else
-        die "need root (or sudo) to run: $*"
-    fi
-}
-
-ensure_packages() {
-    local missing=() p
-    for p in "$@"; do
-        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
-            missing+=("$p")
-        fi
-    done
-    [[ ${#missing[@]} -eq 0 ]] && return 0
-    log "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    as_root apt-get update -qq >&2 </dev/null
-    as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 </dev/null
-}
 
 ensure_packages busybox-static cpio
 [[ -x "$busybox" ]] || die "$busybox not found after installing busybox-static"
