@@ -59,3 +59,57 @@ fn linux_boots_to_init_with_two_vcpus() {
     let b = boot("linux-2cpu", 2, &[], "");
     check_boot(&b, "linux-2cpu", 2);
 }
+
+/// Bad Linux inputs end in one line and status 2 before any vCPU runs.
+#[test]
+fn bad_linux_inputs_are_one_line_errors() {
+    let (kernel, _) = common::guest();
+    let dir = std::env::temp_dir().join(format!("splitvm-badlinux-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let image = std::fs::read(kernel).unwrap();
+    let truncated = dir.join("truncated");
+    std::fs::write(&truncated, &image[..100_000]).unwrap();
+    let big_initrd = dir.join("big.initrd");
+    std::fs::write(&big_initrd, vec![0u8; 40 << 20]).unwrap();
+    let long = "x".repeat(3000);
+    let k = kernel.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--kernel", truncated.to_str().unwrap()], "truncated"),
+        (
+            vec!["--kernel", k, "--memory", "16M"],
+            "does not fit in guest RAM",
+        ),
+        (
+            vec![
+                "--kernel",
+                k,
+                "--memory",
+                "32M",
+                "--initrd",
+                big_initrd.to_str().unwrap(),
+            ],
+            "initrd of 41943040 bytes does not fit",
+        ),
+        (
+            vec!["--kernel", k, "--cmdline", &long],
+            "command line is 3000 bytes",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_splitvm"))
+            .arg("run")
+            .args(&args)
+            .args(["--stats-json", dir.join("s.json").to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{needle}: {err}");
+        assert_eq!(err.lines().count(), 1, "{needle}: {err}");
+        assert!(err.contains(needle), "'{needle}' not in: {err}");
+        assert!(
+            !dir.join("s.json").exists(),
+            "{needle}: no VM ran, so no report"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -36,7 +36,7 @@ fn built(var: &str, script: &str) -> PathBuf {
     PathBuf::from(stdout.lines().last().expect("script printed a path").trim())
 }
 
-fn guest() -> &'static (PathBuf, PathBuf) {
+pub fn guest() -> &'static (PathBuf, PathBuf) {
     static G: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     G.get_or_init(|| {
         (
