@@ -22,7 +22,7 @@ SCRIPT_VERSION=1
 ARCH_MAKE=(ARCH=x86_64)
 KERNEL_TARBALL=/usr/src/linux-source-6.1.tar.xz
 PACKAGES=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev
-          xz-utils cpio kmod python3 util-linux)
+          xz-utils cpio patch util-linux)
 
 log() { printf 'build-guest-kernel: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
