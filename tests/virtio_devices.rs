@@ -174,7 +174,7 @@ fn disk_and_net(transport: &str) {
             .find(|s| s["name"].as_str() == Some(dev))
             .unwrap_or_else(|| panic!("{name}: no source row for {dev}: {sources:#?}"));
         if transport == "pci" {
-            let vectors = s["per_vector"].as_array().map_or(0, Vec::len);
+            let vectors = s["per_vector"].as_object().map_or(0, |m| m.len());
             assert!(vectors >= 2, "{name}: {dev} lists its MSI-X vectors: {s:#}");
         } else {
             assert!(
