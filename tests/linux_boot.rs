@@ -14,6 +14,13 @@ fn check_boot(b: &Boot, name: &str, cpus: usize) {
         b.status,
         tail(&b.serial, 40)
     );
+    // A process that crashed in the guest (e.g. on stale TLS, see
+    // docs/host-limits.md) shows up as a segfault line on the console.
+    assert!(
+        !b.serial.contains("segfault at"),
+        "{name}: a guest process crashed:\n{}",
+        tail(&b.serial, 40)
+    );
     let irqs = proc_interrupts(&b.serial);
     eprintln!("[{name}] guest /proc/interrupts:\n{irqs}");
     let ttys0 = irqs
