@@ -270,9 +270,6 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let cfg = CpuidConfig {
         num_cpus: args.cpus,
         tsc_deadline: caps.tsc_deadline,
-        // kvm_pvm loses PV TLB flushes (stale TLS in guest processes with
-        // more than one vCPU): see docs/host-limits.md.
-        hide_pv_tlb_flush: host_report.kvm_modules.iter().any(|m| m == "kvm_pvm"),
     };
     let mut vcpus = Vec::new();
     for id in 0..args.cpus {

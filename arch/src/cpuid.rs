@@ -24,20 +24,11 @@ const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_APIC: u32 = 1 << 9;
 const EDX_HTT: u32 = 1 << 28;
 
-/// KVM_FEATURE_PV_TLB_FLUSH: the guest skips the TLB-flush IPI to a vCPU
-/// that steal time reports preempted and relies on the host to flush that
-/// vCPU's TLB before it runs again.
-pub const KVM_FEATURE_PV_TLB_FLUSH: u32 = 1 << 9;
-
 /// Options that shape the CPUID of every vCPU.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuidConfig {
     pub num_cpus: u32,
     pub tsc_deadline: bool,
-    /// Hide KVM_FEATURE_PV_TLB_FLUSH. The kvm_pvm backend does not honour
-    /// the flush request: with it, processes on a 2-vCPU guest read stale
-    /// TLS (docs/host-limits.md).
-    pub hide_pv_tlb_flush: bool,
 }
 
 /// Patch `cpuid` (from KVM_GET_SUPPORTED_CPUID) for the vCPU with `apic_id`.
@@ -83,12 +74,7 @@ pub fn patch_cpuid(cpuid: &mut CpuId, apic_id: u32, cfg: CpuidConfig) {
                 }
                 e.edx = apic_id;
             }
-            KVM_FEATURES_LEAF => {
-                e.eax &= !KVM_HYPERCALL_FEATURES;
-                if cfg.hide_pv_tlb_flush {
-                    e.eax &= !KVM_FEATURE_PV_TLB_FLUSH;
-                }
-            }
+            KVM_FEATURES_LEAF => e.eax &= !KVM_HYPERCALL_FEATURES,
             KVM_SIGNATURE_LEAF => {
                 // "KVMKVMKVM\0\0\0"
                 e.ebx = 0x4b4d_564b;
@@ -134,7 +120,6 @@ mod tests {
             CpuidConfig {
                 num_cpus: 4,
                 tsc_deadline: true,
-                hide_pv_tlb_flush: false,
             },
         );
         let s = c.as_slice();
@@ -155,7 +140,6 @@ mod tests {
             CpuidConfig {
                 num_cpus: 1,
                 tsc_deadline: false,
-                hide_pv_tlb_flush: false,
             },
         );
         let e = c.as_slice()[3];
@@ -175,28 +159,10 @@ mod tests {
             CpuidConfig {
                 num_cpus: 2,
                 tsc_deadline: true,
-                hide_pv_tlb_flush: false,
             },
         );
         let eax = c.as_slice()[4].eax;
         assert_eq!(eax & KVM_HYPERCALL_FEATURES, 0);
         assert_ne!(eax & 1, 0, "kvmclock stays");
-        assert_ne!(
-            eax & KVM_FEATURE_PV_TLB_FLUSH,
-            0,
-            "PV TLB flush stays on a normal host"
-        );
-    }
-
-    #[test]
-    fn pv_tlb_flush_is_hidden_on_request() {
-        let mut c = entries();
-        let cfg = CpuidConfig {
-            num_cpus: 2,
-            tsc_deadline: true,
-            hide_pv_tlb_flush: true,
-        };
-        patch_cpuid(&mut c, 0, cfg);
-        assert_eq!(c.as_slice()[4].eax & KVM_FEATURE_PV_TLB_FLUSH, 0);
     }
 }
