@@ -144,6 +144,11 @@ impl VcpuCounters {
         self.exits[kind as usize].inc();
     }
 
+    /// Exits so far, all reasons (for the progress line).
+    pub fn total_exits(&self) -> u64 {
+        self.exits.iter().map(Counter::get).sum()
+    }
+
     #[inline]
     pub fn source_pio(&self, source: Option<usize>) {
         if let Some(c) = source.and_then(|s| self.source_pio.get(s)) {

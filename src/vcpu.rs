@@ -2,7 +2,6 @@
 //! owns its counters; the only shared state it touches is the device buses
 //! (devices behind their own locks) and the VM stop flag.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
@@ -149,7 +148,6 @@ pub struct VcpuContext {
     pub ioapic: Arc<Mutex<IoApic>>,
     pub control: Arc<VmControl>,
     pub mem: GuestMemoryMmap,
-    pub total_exits: Arc<AtomicU64>,
     /// This vCPU's counters (written only here, read by the supervisor).
     pub counters: Arc<VcpuCounters>,
     /// Interrupt sources: which source owns a port, an address, a pin.
@@ -168,7 +166,6 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, ctx: VcpuContext) -> VcpuStats {
         let mut fail: Option<(u64, u32)> = None;
         match vcpu.run() {
             Ok(exit) => {
-                ctx.total_exits.fetch_add(1, Ordering::Relaxed);
                 match exit {
                     VcpuExit::IoIn(port, data) => {
                         stats.exit(ExitKind::Io);

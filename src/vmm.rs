@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::os::unix::thread::JoinHandleExt;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -62,21 +62,36 @@ fn io_setup(what: &'static str) -> impl Fn(devices::BusError) -> Error {
     }
 }
 
-fn serial_output(spec: &str) -> Result<Box<dyn Write + Send>> {
+/// Where `--serial` sends the guest's console.
+enum SerialDest {
+    Stdout,
+    Sink,
+    File(std::path::PathBuf),
+}
+
+fn parse_serial(spec: &str) -> Result<SerialDest> {
     match spec {
-        "stdout" => Ok(Box::new(std::io::stdout())),
-        "none" => Ok(Box::new(std::io::sink())),
+        "stdout" => Ok(SerialDest::Stdout),
+        "none" => Ok(SerialDest::Sink),
         s => match s.strip_prefix("file:") {
-            Some(p) if !p.is_empty() => {
-                let f = File::create(p).map_err(|err| Error::Output {
-                    what: "serial log",
-                    path: p.into(),
-                    err,
-                })?;
-                Ok(Box::new(f))
-            }
+            Some(p) if !p.is_empty() => Ok(SerialDest::File(p.into())),
             _ => Err(Error::SerialSyntax(s.to_string())),
         },
+    }
+}
+
+fn serial_output(dest: &SerialDest) -> Result<Box<dyn Write + Send>> {
+    match dest {
+        SerialDest::Stdout => Ok(Box::new(std::io::stdout())),
+        SerialDest::Sink => Ok(Box::new(std::io::sink())),
+        SerialDest::File(p) => {
+            let f = File::create(p).map_err(|err| Error::Output {
+                what: "serial log",
+                path: p.clone(),
+                err,
+            })?;
+            Ok(Box::new(f))
+        }
     }
 }
 
@@ -85,7 +100,8 @@ fn dev<T: BusDevice + 'static>(d: T) -> Arc<Mutex<dyn BusDevice>> {
 }
 
 /// Validate the arguments a user can get wrong before touching KVM.
-fn check_args(args: &RunArgs) -> Result<u64> {
+/// Returns the guest memory size and the serial destination.
+fn check_args(args: &RunArgs) -> Result<(u64, SerialDest)> {
     if args.cpus == 0 || args.cpus > MAX_CPUS {
         return Err(Error::Cpus {
             got: args.cpus,
@@ -113,22 +129,14 @@ fn check_args(args: &RunArgs) -> Result<u64> {
             err: std::io::Error::from_raw_os_error(libc::ENOENT),
         });
     }
-    serial_output_check(&args.serial)?;
-    Ok(mem & !0xfff)
-}
-
-fn serial_output_check(spec: &str) -> Result<()> {
-    match spec {
-        "stdout" | "none" => Ok(()),
-        s if s.strip_prefix("file:").is_some_and(|p| !p.is_empty()) => Ok(()),
-        s => Err(Error::SerialSyntax(s.to_string())),
-    }
+    let serial = parse_serial(&args.serial)?;
+    Ok((mem & !0xfff, serial))
 }
 
 /// Boot and run a VM; returns the process exit status.
 pub fn run(args: &RunArgs) -> Result<i32> {
     let started = Instant::now();
-    let mem_size = check_args(args)?;
+    let (mem_size, serial_dest) = check_args(args)?;
     let kvm = vm::open_kvm()?;
     let caps = vm::host_caps(&kvm);
     if args.cpus as usize > caps.max_vcpus {
@@ -163,7 +171,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
 
     // Port I/O devices.
     let mut pio = Bus::new();
-    let out = SerialOutput::new(serial_output(&args.serial)?);
+    let out = SerialOutput::new(serial_output(&serial_dest)?);
     let last_line = out.last_line();
     let serial = SerialDevice::new(IrqLine::new(ioapic.clone(), COM1_PIN), out);
     pio.insert("serial", COM1_BASE, 8, dev(serial))
@@ -292,7 +300,6 @@ pub fn run(args: &RunArgs) -> Result<i32> {
 
     let pio = Arc::new(pio);
     let mmio = Arc::new(mmio);
-    let total_exits = Arc::new(AtomicU64::new(0));
     let sources = Arc::new(sources);
     let mut trace_unavailable = None;
     let tracer = if args.trace_exits {
@@ -332,7 +339,6 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             ioapic: ioapic.clone(),
             control: control.clone(),
             mem: mem.clone(),
-            total_exits: total_exits.clone(),
             counters: counters[id].clone(),
             sources: sources.clone(),
         };
@@ -415,7 +421,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             eprint!(
                 "\r\x1b[K[splitvm {:6.1}s] exits {:>9} | {}",
                 started.elapsed().as_secs_f64(),
-                total_exits.load(Ordering::Relaxed),
+                counters.iter().map(|c| c.total_exits()).sum::<u64>(),
                 line
             );
         }
