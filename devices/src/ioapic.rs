@@ -295,6 +295,11 @@ impl IoApic {
         self.remote_irr.get(pin).copied().unwrap_or(false)
     }
 
+    /// The physical level devices drive on `pin` (false for a bad pin).
+    pub fn line_level(&self, pin: usize) -> bool {
+        self.line.get(pin).copied().unwrap_or(false)
+    }
+
     pub fn pin_stats(&self) -> &[PinStats] {
         &self.pin_stats
     }

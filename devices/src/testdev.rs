@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::bus::BusDevice;
 use crate::control::{ExitReason, VmControl};
-use crate::interrupt::{IrqLine, MsiMessage, MsiRouting};
+use crate::interrupt::{lock, IrqLine, MsiMessage, MsiRouting};
 use crate::ioapic::IoApic;
 
 pub const DEBUG_EXIT_PORT: u64 = 0xf4;
@@ -44,30 +44,27 @@ impl BusDevice for DebugExit {
     }
 }
 
-/// pc-testdev IRQ lines: port base+n sets the level of I/O APIC pin n.
+/// pc-testdev IRQ lines: port base+n sets the level of I/O APIC pin n; a
+/// read returns the level the I/O APIC holds for that pin.
 pub struct IrqLines {
     ioapic: Arc<Mutex<IoApic>>,
-    levels: [bool; TESTDEV_IRQ_LINES as usize],
 }
 
 impl IrqLines {
     pub fn new(ioapic: Arc<Mutex<IoApic>>) -> Self {
-        IrqLines {
-            ioapic,
-            levels: [false; TESTDEV_IRQ_LINES as usize],
-        }
+        IrqLines { ioapic }
     }
 }
 
 impl BusDevice for IrqLines {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let level = self.levels.get(offset as usize).copied().unwrap_or(false);
+        let level = offset < TESTDEV_IRQ_LINES && lock(&self.ioapic).line_level(offset as usize);
         put_le(data, level as u64);
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let Some(l) = self.levels.get_mut(offset as usize) {
-            *l = data[0] != 0;
-            IrqLine::new(self.ioapic.clone(), offset as usize).set_level(*l);
+        if offset < TESTDEV_IRQ_LINES {
+            let level = data.first().is_some_and(|b| *b != 0);
+            IrqLine::new(self.ioapic.clone(), offset as usize).set_level(level);
         }
     }
 }
@@ -183,6 +180,22 @@ mod tests {
         DebugExit(c.clone()).write(0, &[3, 0, 0, 0]);
         assert_eq!(c.reason(), Some(ExitReason::DebugExit(3)));
         assert_eq!(c.reason().unwrap().status(), 7);
+    }
+
+    #[test]
+    fn irq_line_write_drives_the_ioapic_pin_and_reads_back() {
+        let io = Arc::new(Mutex::new(IoApic::new(Arc::new(Rec::default()))));
+        let mut lines = IrqLines::new(io.clone());
+        lines.write(11, &[1]);
+        assert!(io.lock().unwrap().line_level(11));
+        let mut d = [0u8; 1];
+        lines.read(11, &mut d);
+        assert_eq!(d[0], 1);
+        lines.write(11, &[0]);
+        lines.read(11, &mut d);
+        assert_eq!(d[0], 0);
+        lines.read(99, &mut d);
+        assert_eq!(d[0], 0, "beyond the 24 lines reads 0");
     }
 
     #[test]
