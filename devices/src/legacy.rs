@@ -40,7 +40,10 @@ impl I8042 {
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        data[0] = match offset {
+        let Some(first) = data.first_mut() else {
+            return;
+        };
+        *first = match offset {
             0 => self.pending.take().unwrap_or(0),
             4 => {
                 STATUS_SYS
@@ -54,7 +57,10 @@ impl BusDevice for I8042 {
         };
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
-        match (offset, data[0]) {
+        let Some(&byte) = data.first() else {
+            return;
+        };
+        match (offset, byte) {
             (4, CMD_RESET_CPU) => {
                 self.control.request_exit(ExitReason::Reset);
             }
@@ -109,6 +115,13 @@ mod tests {
         let mut d = [0xffu8];
         k.read(4, &mut d);
         assert_eq!(d[0] & 0x2, 0, "reboot waits for bit 1 to clear");
+    }
+
+    #[test]
+    fn i8042_ignores_empty_accesses() {
+        let mut k = I8042::new(Arc::new(VmControl::new()));
+        k.write(4, &[]);
+        k.read(4, &mut []);
     }
 
     #[test]
