@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Build the splitvm guest initramfs: an UNCOMPRESSED newc cpio holding Debian's
-# static busybox (with its applet links) and resources/guest/init as /init.
+# static busybox (with its applet links), resources/guest/init as /init and
+# the splitvm agent (resources/guest/splitvm-agent.c, built static) as
+# /bin/splitvm-agent. The agent is also left beside the cpio as
+# splitvm-agent-<hash>, for users who put it into their own initramfs.
 # (Uncompressed because decompressing in the guest kernel is very slow when the
 # host emulates guest kernel code.)
 #
@@ -22,13 +25,14 @@ repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/lib.sh
 source "$repo_root/scripts/lib.sh"
 init_script="$repo_root/resources/guest/init"
+agent_src="$repo_root/resources/guest/splitvm-agent.c"
 cache_root=$(cache_root_outside "$repo_root")
 busybox=/bin/busybox
 
 [[ -f "$init_script" ]] || die "missing $init_script"
 
 
-ensure_packages busybox-static cpio
+ensure_packages busybox-static cpio gcc libc6-dev
 [[ -x "$busybox" ]] || die "$busybox not found after installing busybox-static"
 
 bb_version=$(dpkg-query -W -f='${Version}' busybox-static)
@@ -36,6 +40,7 @@ hash=$(
     {
         printf 'script-version %s\nbusybox-static %s\n' "$SCRIPT_VERSION" "$bb_version"
         printf 'init\n'; cat "$init_script"
+        printf 'agent\n'; cat "$agent_src"
         printf 'script\n'; cat "${BASH_SOURCE[0]}"
     } | sha256sum | cut -c1-16
 )
@@ -63,6 +68,10 @@ while IFS= read -r applet; do
     ln -s /bin/busybox "$stage/$applet"
 done < <("$busybox" --list-full)
 install -m 0755 "$init_script" "$stage/init"
+gcc -static -Os -Wall -o "$stage/bin/splitvm-agent" "$agent_src" >&2 \
+    || die "cannot build $agent_src"
+strip "$stage/bin/splitvm-agent"
+cp "$stage/bin/splitvm-agent" "$out.agent.tmp"
 # /init mounts these with a single `mount -a` (one fork+exec instead of three).
 cat >"$stage/etc/fstab" <<'EOF'
 proc      /proc  proc      defaults  0 0
@@ -79,6 +88,7 @@ fi
 find "$stage" -exec touch -h -d @0 {} +
 (cd "$stage" && find . -mindepth 1 -print0 | LC_ALL=C sort -z |
     cpio --null --create --format=newc --owner=0:0 --reproducible --quiet) >"$out.tmp"
+mv "$out.agent.tmp" "$cache_root/splitvm-agent-$hash"
 mv "$out.tmp" "$out"
 log "built $out ($(du -h "$out" | cut -f1), busybox $bb_version)"
 printf '%s\n' "$out"

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Prints the kernel command line splitvm uses for the project's guest kernel,
 # followed by any arguments given. Why each part is there:
-# docs/guest-kernel.md ("Command line").
+# docs/guest-kernel.md ("Command line"). The host-specific part is
+# resources/guest/cmdline-kvm-pvm, which splitvm itself also adds to its
+# default command line on kvm_pvm hosts (one copy of the list).
 set -euo pipefail
-echo "console=ttyS0 reboot=k panic=-1 no-kvmapf noreplace-smp random.trust_cpu=on clearcpuid=cx16,popcnt,fsgsbase,xsave,avx,avx2,avx512f,rdpid,invpcid,pcid,smap,pku,ospke,erms,fsrm $*"
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+echo "console=ttyS0 reboot=k panic=-1 $(cat "$here/resources/guest/cmdline-kvm-pvm") $*"

@@ -17,8 +17,37 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Boot a guest and run it until it stops.
+    /// Boot a guest and run it until it stops; with `-- CMD ARGS...`, run
+    /// CMD in the guest and exit with its status.
     Run(RunArgs),
+    /// Run a manifest of guest test cases in parallel (docs/ci-runner.md).
+    Test(TestArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TestArgs {
+    /// The manifest (TOML, docs/ci-runner.md).
+    #[arg(value_name = "MANIFEST")]
+    pub manifest: PathBuf,
+    /// Cases run at once (default: the host's CPUs).
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Run only shard K of N (1-based): the cases whose position in the
+    /// manifest is K-1 modulo N. Every case runs in exactly one shard.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<String>,
+    /// Write a JUnit XML report here.
+    #[arg(long, value_name = "PATH")]
+    pub junit: Option<PathBuf>,
+    /// Where each case's console log, output and exit report go.
+    #[arg(long, value_name = "DIR", default_value = "splitvm-test-out")]
+    pub output: PathBuf,
+    /// Run only the cases whose name contains this text.
+    #[arg(long, value_name = "TEXT")]
+    pub filter: Option<String>,
+    /// Progress line on stderr: auto (when stderr is a terminal), always, never.
+    #[arg(long, value_name = "WHEN", default_value = "auto")]
+    pub progress: String,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,18 +90,26 @@ pub struct RunArgs {
     /// Initial ramdisk (Linux) or module (multiboot).
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
-    /// Kernel command line.
-    #[arg(long, value_name = "STRING", default_value = "")]
-    pub cmdline: String,
+    /// Kernel command line. Without it a Linux guest gets
+    /// `console=ttyS0 reboot=k panic=-1` (plus what this host needs, see
+    /// docs/host-limits.md); a multiboot guest gets an empty one.
+    #[arg(long, value_name = "STRING")]
+    pub cmdline: Option<String>,
     /// Number of vCPUs (vCPU id = APIC ID).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: u32,
     /// Guest RAM, e.g. 128M, 1G.
     #[arg(long, value_name = "SIZE", default_value = "128M")]
     pub memory: String,
-    /// Where the guest's serial console goes: stdout, none or file:PATH.
-    #[arg(long, value_name = "DEST", default_value = "stdout")]
-    pub serial: String,
+    /// Where the guest's serial console goes: stdout, stderr, none or
+    /// file:PATH. Default: stdout; with `-- CMD`, none (the last lines are
+    /// printed on stderr if the command does not report a status).
+    #[arg(long, value_name = "DEST")]
+    pub serial: Option<String>,
+    /// Put a host file or directory into the guest at GUESTPATH (default:
+    /// /NAME), by appending a cpio archive to --initrd. Repeatable.
+    #[arg(long, value_name = "HOSTPATH[:GUESTPATH]")]
+    pub add: Vec<String>,
     /// Add the test devices (isa-debug-exit, pc-testdev, fw_cfg, MSI test port).
     #[arg(long)]
     pub test_devices: bool,
@@ -132,6 +169,18 @@ pub struct RunArgs {
     /// attribute them to interrupt sources in the report.
     #[arg(long)]
     pub trace_exits: bool,
+    /// Run this command in the guest (through the splitvm agent of the
+    /// initramfs, docs/ci-runner.md), stream its stdout and stderr, and exit
+    /// with its status.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+impl RunArgs {
+    /// True in `splitvm run ... -- CMD` (command mode).
+    pub fn command_mode(&self) -> bool {
+        !self.command.is_empty()
+    }
 }
 
 pub fn parse_u64(s: &str) -> Result<u64, String> {

@@ -31,6 +31,15 @@ pub enum Error {
         path: PathBuf,
         err: std::io::Error,
     },
+    #[error("{what} '{path}' is not a regular file")]
+    NotRegular { what: &'static str, path: PathBuf },
+    #[error("{what} '{path}' is {size} bytes, more than the {max} bytes it may be")]
+    TooLarge {
+        what: &'static str,
+        path: PathBuf,
+        size: u64,
+        max: u64,
+    },
     #[error("kernel '{0}' is not a format splitvm can boot (multiboot, ELF vmlinux, bzImage; use --kernel-format raw for a flat binary)")]
     UnknownFormat(PathBuf),
     #[error("kernel '{path}': {msg}")]

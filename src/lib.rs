@@ -4,8 +4,10 @@
 pub mod cli;
 pub mod error;
 pub mod host;
+pub mod initramfs;
 pub mod kvm_stats;
 pub mod loader;
+pub mod runner;
 pub mod sources;
 pub mod startup;
 pub mod stats;

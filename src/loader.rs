@@ -21,28 +21,70 @@ pub enum Protocol {
     Raw,
 }
 
-fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>> {
-    let mut f = File::open(path).map_err(|err| Error::File {
+/// Open `path` for reading if it is a regular file. The open does not
+/// block (a FIFO or a device would otherwise hang here or be read forever).
+pub fn open_regular(what: &'static str, path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |err| Error::File {
         what,
         path: path.to_path_buf(),
         err,
-    })?;
-    let mut v = Vec::new();
-    f.read_to_end(&mut v).map_err(|err| Error::File {
+    };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(err)?;
+    let meta = f.metadata().map_err(err)?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() {
+            libc::EISDIR
+        } else {
+            libc::EINVAL
+        };
+        let e = std::io::Error::from_raw_os_error(kind);
+        return Err(if kind == libc::EISDIR {
+            err(e)
+        } else {
+            Error::NotRegular {
+                what,
+                path: path.to_path_buf(),
+            }
+        });
+    }
+    Ok(f)
+}
+
+/// The whole of an opened file, refusing more than `max` bytes before
+/// reading any of it.
+fn read_all(what: &'static str, path: &Path, f: &mut File, max: u64) -> Result<Vec<u8>> {
+    let err = |err| Error::File {
         what,
         path: path.to_path_buf(),
         err,
-    })?;
+    };
+    let len = f.metadata().map_err(err)?.len();
+    if len > max {
+        return Err(Error::TooLarge {
+            what,
+            path: path.to_path_buf(),
+            size: len,
+            max,
+        });
+    }
+    let mut v = Vec::with_capacity(len as usize);
+    f.take(max).read_to_end(&mut v).map_err(err)?;
     Ok(v)
+}
+
+fn read_file(what: &'static str, path: &Path, max: u64) -> Result<Vec<u8>> {
+    let mut f = open_regular(what, path)?;
+    read_all(what, path, &mut f, max)
 }
 
 /// Up to `len` bytes from the start of `path`.
 fn read_head(path: &Path, len: usize) -> Result<Vec<u8>> {
-    let f = File::open(path).map_err(|err| Error::File {
-        what: "kernel",
-        path: path.to_path_buf(),
-        err,
-    })?;
+    let f = open_regular("kernel", path)?;
     let mut v = Vec::with_capacity(len);
     f.take(len as u64)
         .read_to_end(&mut v)
@@ -80,9 +122,24 @@ pub fn detect(image: &[u8]) -> Option<KernelFormat> {
     }
 }
 
-/// Load the guest named by `args`; returns the boot vCPU state.
+/// The kernel format `args` asks for, detected from the file's head for
+/// `--kernel-format auto`.
+pub fn format_of(args: &RunArgs) -> Result<KernelFormat> {
+    let head = read_head(&args.kernel, multiboot::SEARCH_LEN)?;
+    match args.kernel_format {
+        KernelFormat::Auto => {
+            detect(&head).ok_or_else(|| Error::UnknownFormat(args.kernel.clone()))
+        }
+        f => Ok(f),
+    }
+}
+
+/// Load the guest named by `args`, with `initrd` (already opened: the
+/// `--initrd` file, or it with `--add` archives appended); returns the boot
+/// vCPU state.
 pub fn load(
     args: &RunArgs,
+    initrd: Option<&mut File>,
     cmdline: &str,
     mem: &GuestMemoryMmap,
     mem_size: u64,
@@ -90,13 +147,7 @@ pub fn load(
     // Detect from the first 8 KiB: a Linux kernel is then streamed into
     // guest memory by linux-loader, never read whole into our own heap
     // (that cost ~25 ms and 18 MiB of page faults per start).
-    let head = read_head(&args.kernel, multiboot::SEARCH_LEN)?;
-    let format = match args.kernel_format {
-        KernelFormat::Auto => {
-            detect(&head).ok_or_else(|| Error::UnknownFormat(args.kernel.clone()))?
-        }
-        f => f,
-    };
+    let format = format_of(args)?;
     let load_err = |msg: String| Error::Load {
         path: args.kernel.clone(),
         msg,
@@ -105,11 +156,11 @@ pub fn load(
     let above_4g = mem_size - below_4g;
     match format {
         KernelFormat::Multiboot => {
-            let image = read_file("kernel", &args.kernel)?;
+            let image = read_file("kernel", &args.kernel, below_4g)?;
             let loaded = multiboot::load(mem, &image).map_err(|e| load_err(e.to_string()))?;
-            let initrd = match &args.initrd {
-                Some(p) => Some(read_file("initrd", p)?),
-                None => None,
+            let initrd = match (initrd, &args.initrd) {
+                (Some(f), Some(p)) => Some(read_all("initrd", p, f, below_4g)?),
+                _ => None,
             };
             let module_addr = (loaded.end + 0xfff) & !0xfff;
             let ebx = multiboot::write_info(
@@ -133,8 +184,8 @@ pub fn load(
             ))
         }
         KernelFormat::Raw => {
-            let image = read_file("kernel", &args.kernel)?;
             let entry = args.entry.ok_or(Error::RawNeedsEntry)?;
+            let image = read_file("kernel", &args.kernel, below_4g)?;
             let end = args
                 .load_addr
                 .checked_add(image.len() as u64)
@@ -166,19 +217,8 @@ pub fn load(
             ))
         }
         KernelFormat::Elf | KernelFormat::Bzimage => {
-            let open = |what: &'static str, p: &Path| {
-                File::open(p).map_err(|err| Error::File {
-                    what,
-                    path: p.to_path_buf(),
-                    err,
-                })
-            };
-            let mut kernel = open("kernel", &args.kernel)?;
-            let mut initrd = match &args.initrd {
-                Some(p) => Some(open("initrd", p)?),
-                None => None,
-            };
-            let boot = linux::load_linux(mem, &mut kernel, initrd.as_mut(), cmdline, args.pvh)
+            let mut kernel = open_regular("kernel", &args.kernel)?;
+            let boot = linux::load_linux(mem, &mut kernel, initrd, cmdline, args.pvh)
                 .map_err(|e| load_err(e.to_string()))?;
             // The MP table tells Linux about every CPU and the userspace
             // I/O APIC (ISA IRQ 0 on pin 2, IRQ n on pin n).

@@ -31,6 +31,18 @@ fn main() -> ExitCode {
             Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
             Err(e) => {
                 eprintln!("splitvm: {e}");
+                // With `-- CMD`, 2 could be the command's own status.
+                ExitCode::from(if args.command_mode() {
+                    devices::control::command_status::SPLITVM_ERROR as u8
+                } else {
+                    2
+                })
+            }
+        },
+        Command::Test(args) => match splitvm::runner::run(&args) {
+            Ok(status) => ExitCode::from(status as u8),
+            Err(e) => {
+                eprintln!("splitvm: {e}");
                 ExitCode::from(2)
             }
         },

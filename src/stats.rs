@@ -750,6 +750,8 @@ pub struct ReportInputs<'a> {
     pub host: &'a HostReport,
     pub disable_exits: u32,
     pub virtio: &'a crate::virtio_setup::VirtioSetup,
+    /// `splitvm run -- CMD`: `exit_status` is the command-mode status.
+    pub command_mode: bool,
 }
 
 impl ReportInputs<'_> {
@@ -766,12 +768,19 @@ impl ReportInputs<'_> {
         let mut report = Report::from_vcpus(vcpus, self.pio_names, self.mmio_names);
         match reason {
             Some(reason) => {
-                report.exit_status = reason.status();
+                report.exit_status = if self.command_mode {
+                    reason.command_status()
+                } else {
+                    reason.status()
+                };
                 report.exit_reason = reason.name().to_string();
                 report.exit_detail = match reason {
                     ExitReason::GuestError(m) | ExitReason::VmmError(m) => Some(m.clone()),
                     ExitReason::DebugExit(v) => Some(format!("guest wrote {v:#x} to port 0xf4")),
                     ExitReason::Signal(s) => Some(format!("signal {s}")),
+                    ExitReason::CommandExit(n) => {
+                        Some(format!("the command exited with status {n}"))
+                    }
                     _ => None,
                 };
             }

@@ -317,13 +317,22 @@ fn describe_internal_error(
         .map(|t| t.physical_address)
         .unwrap_or(linear);
     let mut bytes = [0u8; 15];
-    let insn = match mem.read_slice(&mut bytes, GuestAddress(phys)) {
-        Ok(()) => bytes
+    let read = mem.read_slice(&mut bytes, GuestAddress(phys)).is_ok();
+    let hint = match (suberror, read) {
+        (1, true) => host_limit_instruction(&bytes)
+            .map(|n| {
+                format!("; this is {n}, which this host's KVM cannot emulate (docs/host-limits.md)")
+            })
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    let insn = match read {
+        true => bytes
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect::<Vec<_>>()
             .join(" "),
-        Err(_) => "unreadable".to_string(),
+        false => "unreadable".to_string(),
     };
     let extra = if data.is_empty() {
         String::new()
@@ -337,6 +346,76 @@ fn describe_internal_error(
         )
     };
     format!(
-        "vCPU {id} stopped: KVM internal error, suberror {suberror} ({what}) at RIP {rip:#x} (CS {cs_sel:#x}, phys {phys:#x}), instruction bytes: {insn}{extra}"
+        "vCPU {id} stopped: KVM internal error, suberror {suberror} ({what}) at RIP {rip:#x} (CS {cs_sel:#x}, phys {phys:#x}), instruction bytes: {insn}{extra}{hint}"
     )
+}
+
+/// Name the instruction at the start of `bytes` when it is one that the
+/// kvm_pvm host's emulator is known not to run (docs/host-limits.md):
+/// cmpxchg16b, the xsave family, x87, int3/int n, and hypercalls.
+pub fn host_limit_instruction(bytes: &[u8]) -> Option<&'static str> {
+    let mut i = 0;
+    let mut rex_w = false;
+    // Legacy prefixes, then at most one REX prefix.
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3 | 0x2e | 0x36 | 0x3e | 0x26 | 0x64 | 0x65 => i += 1,
+            _ => break,
+        }
+    }
+    if let Some(&b) = bytes.get(i) {
+        if b & 0xf0 == 0x40 {
+            rex_w = b & 8 != 0;
+            i += 1;
+        }
+    }
+    let op = *bytes.get(i)?;
+    let modrm = bytes.get(i + 2).copied();
+    let reg = modrm.map(|m| (m >> 3) & 7);
+    let is_mem = modrm.is_some_and(|m| m >> 6 != 3);
+    match (op, bytes.get(i + 1).copied()) {
+        (0xcc, _) => Some("int3"),
+        (0xcd, _) => Some("a software interrupt (int n)"),
+        (0x9b, _) | (0xd8..=0xdf, _) => Some("an x87 instruction"),
+        (0x0f, Some(0xc7)) if reg == Some(1) && is_mem && rex_w => Some("cmpxchg16b"),
+        (0x0f, Some(0xc7)) if is_mem && matches!(reg, Some(3..=5)) => {
+            Some("an xsave-family instruction (xrstors/xsavec/xsaves)")
+        }
+        (0x0f, Some(0xae)) if is_mem && matches!(reg, Some(4..=6)) => {
+            Some("an xsave-family instruction (xsave/xrstor/xsaveopt)")
+        }
+        (0x0f, Some(0x01)) if matches!(modrm, Some(0xc1 | 0xd9)) => {
+            Some("a hypercall (vmcall/vmmcall)")
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_limit_instruction as name;
+
+    #[test]
+    fn emulation_failures_name_the_known_host_limits() {
+        assert_eq!(name(&[0x48, 0x0f, 0xc7, 0x0e]), Some("cmpxchg16b"));
+        assert_eq!(name(&[0xf0, 0x48, 0x0f, 0xc7, 0x0e]), Some("cmpxchg16b"));
+        assert!(name(&[0x0f, 0xae, 0x27]).unwrap().contains("xsave"));
+        assert!(name(&[0x48, 0x0f, 0xae, 0x2f]).unwrap().contains("xrstor"));
+        assert_eq!(name(&[0xcc]), Some("int3"));
+        assert_eq!(name(&[0xdb, 0xe2]), Some("an x87 instruction"));
+        assert_eq!(
+            name(&[0x0f, 0x01, 0xc1]),
+            Some("a hypercall (vmcall/vmmcall)")
+        );
+    }
+
+    #[test]
+    fn ordinary_instructions_are_not_named() {
+        // cmpxchg8b (no REX.W), lfence (0f ae e8: register form), mov, nop.
+        assert_eq!(name(&[0x0f, 0xc7, 0x0e]), None);
+        assert_eq!(name(&[0x0f, 0xae, 0xe8]), None);
+        assert_eq!(name(&[0x48, 0x89, 0xc3]), None);
+        assert_eq!(name(&[0x90]), None);
+        assert_eq!(name(&[]), None);
+    }
 }

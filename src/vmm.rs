@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::os::unix::thread::JoinHandleExt;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -12,17 +12,22 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use arch::cpuid::CpuidConfig;
 use arch::layout::MIN_MEMORY;
+use devices::channel::{
+    Channel, ControlPort, CountingSink, COM2_BASE, COM2_PIN, COM3_BASE, COM3_PIN, COM4_BASE,
+    COM4_PIN,
+};
 use devices::interrupt::lock;
 use devices::ioapic::{IoApic, IOAPIC_BASE, IOAPIC_SIZE};
 use devices::legacy::{QuietPorts, I8042, QUIET_PORTS};
 use devices::pit::{Pit, PIT_BASE, PIT_IRQ_PIN, PIT_LEN, PORT61};
-use devices::serial::{SerialDevice, SerialOutput, COM1_BASE, COM1_PIN};
+use devices::serial::{PanicWatch, SerialDevice, SerialOutput, COM1_BASE, COM1_PIN};
 use devices::testdev::{self, DebugExit, IrqLines, MsiTestPort, Scratch};
 use devices::{fwcfg::FwCfg, Bus, BusDevice, ExitReason, IrqLine, MsiRouting, VmControl};
 
-use crate::cli::{parse_size, RunArgs};
+use crate::cli::{parse_size, KernelFormat, RunArgs};
 use crate::error::{Error, Result};
 use crate::host;
+use crate::initramfs;
 use crate::kvm_stats::KvmStats;
 use crate::loader;
 use crate::sources::SourceRegistry;
@@ -65,6 +70,7 @@ fn io_setup(what: &'static str) -> impl Fn(devices::BusError) -> Error {
 /// Where `--serial` sends the guest's console.
 enum SerialDest {
     Stdout,
+    Stderr,
     Sink,
     File(std::path::PathBuf),
 }
@@ -72,6 +78,7 @@ enum SerialDest {
 fn parse_serial(spec: &str) -> Result<SerialDest> {
     match spec {
         "stdout" => Ok(SerialDest::Stdout),
+        "stderr" => Ok(SerialDest::Stderr),
         "none" => Ok(SerialDest::Sink),
         s => match s.strip_prefix("file:") {
             Some(p) if !p.is_empty() => Ok(SerialDest::File(p.into())),
@@ -83,6 +90,7 @@ fn parse_serial(spec: &str) -> Result<SerialDest> {
 fn serial_output(dest: &SerialDest) -> Result<Box<dyn Write + Send>> {
     match dest {
         SerialDest::Stdout => Ok(Box::new(std::io::stdout())),
+        SerialDest::Stderr => Ok(Box::new(std::io::stderr())),
         SerialDest::Sink => Ok(Box::new(std::io::sink())),
         SerialDest::File(p) => {
             let f = File::create(p).map_err(|err| Error::Output {
@@ -129,9 +137,36 @@ fn check_args(args: &RunArgs) -> Result<(u64, SerialDest)> {
             err: std::io::Error::from_raw_os_error(libc::ENOENT),
         });
     }
-    let serial = parse_serial(&args.serial)?;
+    // In command mode the console must not mix into the command's stdout.
+    let default_serial = if args.command_mode() {
+        "none"
+    } else {
+        "stdout"
+    };
+    let serial = parse_serial(args.serial.as_deref().unwrap_or(default_serial))?;
+    if !args.add.is_empty() && args.initrd.is_none() {
+        return Err(Error::DeviceSpec(
+            "--add needs --initrd: the files are appended to it as a cpio archive".into(),
+        ));
+    }
     Ok((mem & !0xfff, serial))
 }
+
+/// The command line a Linux guest gets without `--cmdline`: the console on
+/// the first serial port, reset through the keyboard controller, reboot at
+/// once on a panic; plus, on a kvm_pvm host, what guest kernels need there
+/// (docs/host-limits.md; the same file scripts/guest-cmdline.sh prints).
+pub fn default_linux_cmdline(host: &host::HostReport) -> String {
+    let mut c = String::from("console=ttyS0 reboot=k panic=-1");
+    if host.kvm_modules.iter().any(|m| m == "kvm_pvm") {
+        c.push(' ');
+        c.push_str(include_str!("../resources/guest/cmdline-kvm-pvm").trim());
+    }
+    c
+}
+
+/// Tell the project's /init to hand over to the splitvm agent (docs/ci-runner.md).
+pub const AGENT_CMDLINE: &str = "splitvm.agent=1";
 
 /// Boot and run a VM; returns the process exit status.
 pub fn run(args: &RunArgs) -> Result<i32> {
@@ -171,8 +206,13 @@ pub fn run(args: &RunArgs) -> Result<i32> {
 
     // Port I/O devices.
     let mut pio = Bus::new();
-    let out = SerialOutput::new(serial_output(&serial_dest)?);
+    let panicked = Arc::new(AtomicBool::new(false));
+    let out = SerialOutput::new(serial_output(&serial_dest)?).with_panic_watch(PanicWatch {
+        panicked: panicked.clone(),
+        control: control.clone(),
+    });
     let last_line = out.last_line();
+    let console_tail = out.tail();
     let serial = SerialDevice::new(IrqLine::new(ioapic.clone(), COM1_PIN), out);
     pio.insert("serial", COM1_BASE, 8, dev(serial))
         .map_err(io_setup("serial"))?;
@@ -195,6 +235,37 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         pio.insert("pit", PORT61.into(), 1, dev(port61))
             .map_err(io_setup("pit"))?;
     }
+    // `-- CMD`: the host-guest channel on COM2-COM4 (devices/src/channel.rs).
+    let channel = if args.command_mode() {
+        let ch = Channel::new(control.clone(), Some(args.command.clone()));
+        let stream = |out: Box<dyn Write + Send>, stderr: bool, pin: usize| {
+            let sink = CountingSink::new(out, ch.clone(), stderr);
+            dev(SerialDevice::new(
+                IrqLine::new(ioapic.clone(), pin),
+                SerialOutput::new(Box::new(sink)),
+            ))
+        };
+        pio.insert(
+            "cmd-stdout",
+            COM2_BASE,
+            8,
+            stream(Box::new(std::io::stdout()), false, COM2_PIN),
+        )
+        .map_err(io_setup("cmd-stdout"))?;
+        pio.insert(
+            "cmd-stderr",
+            COM3_BASE,
+            8,
+            stream(Box::new(std::io::stderr()), true, COM3_PIN),
+        )
+        .map_err(io_setup("cmd-stderr"))?;
+        let ctl = ControlPort::new(IrqLine::new(ioapic.clone(), COM4_PIN), ch.clone());
+        pio.insert("cmd-control", COM4_BASE, 8, dev(ctl))
+            .map_err(io_setup("cmd-control"))?;
+        Some(ch)
+    } else {
+        None
+    };
     let quiet = dev(QuietPorts);
     for (name, base, len) in QUIET_PORTS {
         pio.insert(name, *base, *len, quiet.clone())
@@ -267,9 +338,33 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             sources: &mut sources,
         },
     )?;
-    let cmdline = format!("{}{}", args.cmdline, virtio.cmdline);
+    let format = loader::format_of(args)?;
+    let linux = matches!(format, KernelFormat::Elf | KernelFormat::Bzimage);
+    let mut cmdline = match &args.cmdline {
+        Some(c) => c.clone(),
+        None if linux => default_linux_cmdline(&host_report),
+        None => String::new(),
+    };
+    cmdline.push_str(&virtio.cmdline);
+    if channel.is_some() {
+        cmdline.push(' ');
+        cmdline.push_str(AGENT_CMDLINE);
+    }
+    let mut initrd = match &args.initrd {
+        Some(p) if !args.add.is_empty() => {
+            let adds = args
+                .add
+                .iter()
+                .map(|a| initramfs::parse_add(a))
+                .collect::<Result<Vec<_>>>()?;
+            Some(initramfs::with_additions(p, &adds)?)
+        }
+        Some(p) => Some(loader::open_regular("initrd", p)?),
+        None => None,
+    };
 
-    let (boot, _protocol) = loader::load(args, cmdline.trim(), &mem, mem_size)?;
+    let (boot, _protocol) = loader::load(args, initrd.as_mut(), cmdline.trim(), &mem, mem_size)?;
+    drop(initrd);
 
     // vCPUs: all created before any runs.
     let supported = kvm
@@ -374,6 +469,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         host: &host_report,
         disable_exits: args.disable_exits.unwrap_or(0),
         virtio: &virtio,
+        command_mode: args.command_mode(),
     };
     let trace_report = |t: &Option<Tracer>| match t {
         Some(t) => Some(t.snapshot()),
@@ -459,9 +555,18 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             }
         }
     }
-    let reason = control
+    let mut reason = control
         .reason()
         .unwrap_or_else(|| ExitReason::VmmError("VM stopped without a reason".into()));
+    // A panic with panic=-1 reboots before its closing line: still a panic.
+    if panicked.load(Ordering::SeqCst)
+        && matches!(
+            reason,
+            ExitReason::Reset | ExitReason::TripleFault | ExitReason::Timeout
+        )
+    {
+        reason = ExitReason::GuestPanic;
+    }
 
     // The tracer is finished (instance removed) before anything is printed.
     let trace = match tracer {
@@ -478,6 +583,11 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     if let ExitReason::GuestError(m) | ExitReason::VmmError(m) = &reason {
         eprintln!("splitvm: {m}");
     }
+    if let Some(ch) = &channel {
+        if !matches!(reason, ExitReason::CommandExit(_)) {
+            report_missing_status(&reason, ch, &console_tail, &serial_dest);
+        }
+    }
     if args.stats {
         eprint!("{}", report.table());
     }
@@ -488,5 +598,46 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             err,
         })?;
     }
-    Ok(reason.status())
+    Ok(if args.command_mode() {
+        reason.command_status()
+    } else {
+        reason.status()
+    })
+}
+
+/// `-- CMD` ended without the command's status: say why on stderr, with the
+/// console's last lines when the console went nowhere else.
+fn report_missing_status(
+    reason: &ExitReason,
+    ch: &Channel,
+    tail: &Mutex<std::collections::VecDeque<String>>,
+    serial: &SerialDest,
+) {
+    let why = match reason {
+        ExitReason::GuestPanic => "the guest kernel panicked".to_string(),
+        ExitReason::Timeout => "--timeout passed before the command ended".to_string(),
+        ExitReason::Signal(s) => format!("splitvm was stopped by signal {s}"),
+        ExitReason::GuestError(_) | ExitReason::VmmError(_) => {
+            "the VM stopped on an error".to_string()
+        }
+        r => format!(
+            "the VM stopped ({}) without reporting the command's status",
+            r.name()
+        ),
+    };
+    let hint = if ch.ready_seen() {
+        ""
+    } else {
+        " (the guest never reached the splitvm agent: is it in the initramfs? see docs/ci-runner.md)"
+    };
+    eprintln!("splitvm: {why}{hint}; status {}", reason.command_status());
+    if matches!(serial, SerialDest::Sink) {
+        let t = lock(tail);
+        if !t.is_empty() {
+            eprintln!("splitvm: last {} console lines:", t.len());
+            for l in t.iter() {
+                eprintln!("  | {l}");
+            }
+        }
+    }
 }

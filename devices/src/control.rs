@@ -24,6 +24,27 @@ pub enum ExitReason {
     Signal(i32),
     /// `--timeout` passed.
     Timeout,
+    /// The guest kernel panicked (seen on its console).
+    GuestPanic,
+    /// The command of `splitvm run -- CMD` ended with this status (reported
+    /// by the guest on the control channel, docs/ci-runner.md).
+    CommandExit(i32),
+}
+
+/// Process exit statuses of `splitvm run -- CMD` that are not the command's
+/// own (README, "Exit statuses"); chosen as virtme-ng, timeout(1) and
+/// kvm-unit-tests' runner do.
+pub mod command_status {
+    /// `--timeout` passed before the command ended (as timeout(1)).
+    pub const TIMEOUT: i32 = 124;
+    /// splitvm itself failed (a setup error, or the guest stopped on
+    /// something KVM could not run).
+    pub const SPLITVM_ERROR: i32 = 253;
+    /// The VM stopped (reset, power-off, debug-exit) without reporting the
+    /// command's status.
+    pub const NO_STATUS: i32 = 254;
+    /// The guest kernel panicked (as virtme-ng).
+    pub const PANIC: i32 = 255;
 }
 
 impl ExitReason {
@@ -36,7 +57,25 @@ impl ExitReason {
             ExitReason::VmmError(_) => 2,
             ExitReason::GuestError(_) => 4,
             ExitReason::Timeout => 6,
+            ExitReason::GuestPanic => 8,
             ExitReason::Signal(s) => 128 + s,
+            ExitReason::CommandExit(n) => *n,
+        }
+    }
+
+    /// Process exit status for this reason in `splitvm run -- CMD`: the
+    /// command's own status, or one of [`command_status`].
+    pub fn command_status(&self) -> i32 {
+        match self {
+            ExitReason::CommandExit(n) => *n,
+            ExitReason::GuestPanic => command_status::PANIC,
+            ExitReason::Timeout => command_status::TIMEOUT,
+            ExitReason::Signal(s) => 128 + s,
+            ExitReason::GuestError(_) | ExitReason::VmmError(_) => command_status::SPLITVM_ERROR,
+            ExitReason::Reset
+            | ExitReason::Poweroff
+            | ExitReason::TripleFault
+            | ExitReason::DebugExit(_) => command_status::NO_STATUS,
         }
     }
 
@@ -51,6 +90,8 @@ impl ExitReason {
             ExitReason::VmmError(_) => "vmm-error",
             ExitReason::Signal(_) => "signal",
             ExitReason::Timeout => "timeout",
+            ExitReason::GuestPanic => "guest-panic",
+            ExitReason::CommandExit(_) => "command-exit",
         }
     }
 }
@@ -95,6 +136,21 @@ mod tests {
     fn debug_exit_status_is_value_shifted_left_or_one() {
         assert_eq!(ExitReason::DebugExit(0).status(), 1);
         assert_eq!(ExitReason::DebugExit(3).status(), 7);
+    }
+
+    #[test]
+    fn command_mode_statuses_are_distinct_from_each_other() {
+        let all = [
+            ExitReason::GuestPanic.command_status(),
+            ExitReason::Timeout.command_status(),
+            ExitReason::Reset.command_status(),
+            ExitReason::VmmError("x".into()).command_status(),
+        ];
+        for (i, a) in all.iter().enumerate() {
+            assert!(!all[i + 1..].contains(a), "{a} appears twice");
+        }
+        assert_eq!(ExitReason::CommandExit(3).command_status(), 3);
+        assert_eq!(ExitReason::Signal(15).command_status(), 143);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! ignored on write and read as all-ones (or zero where hardware does so).
 
 pub mod bus;
+pub mod channel;
 pub mod control;
 pub mod fwcfg;
 pub mod interrupt;

@@ -1,11 +1,14 @@
 //! The 8250 UART at 0x3F8 (vm-superio), interrupting on an I/O APIC pin.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vm_superio::{Serial, Trigger};
 
 use crate::bus::BusDevice;
+use crate::control::{ExitReason, VmControl};
 use crate::interrupt::{lock, IrqLine};
 
 pub const COM1_BASE: u64 = 0x3f8;
@@ -22,12 +25,29 @@ impl Trigger for SerialIrq {
     }
 }
 
-/// Output sink that also remembers the last complete line written, for the
-/// progress indicator and for error reports.
+/// How many console lines [`SerialOutput`] keeps for error reports.
+pub const TAIL_LINES: usize = 40;
+
+/// What Linux prints first when it panics, and last (kernel/panic.c).
+const PANIC_START: &str = "Kernel panic - not syncing";
+const PANIC_END: &str = "---[ end Kernel panic";
+
+/// Watches a Linux console for a kernel panic: the first line sets
+/// `panicked`; the closing line stops the VM (a kernel without `panic=-1`
+/// would otherwise hang there until the timeout).
+pub struct PanicWatch {
+    pub panicked: Arc<AtomicBool>,
+    pub control: Arc<VmControl>,
+}
+
+/// Output sink that also remembers the last lines written, for the
+/// progress indicator and for error reports, and can watch for a panic.
 pub struct SerialOutput {
     inner: Box<dyn Write + Send>,
     line: Vec<u8>,
     last_line: Arc<Mutex<String>>,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    panic_watch: Option<PanicWatch>,
 }
 
 impl SerialOutput {
@@ -36,12 +56,51 @@ impl SerialOutput {
             inner,
             line: Vec::new(),
             last_line: Arc::new(Mutex::new(String::new())),
+            tail: Arc::new(Mutex::new(VecDeque::new())),
+            panic_watch: None,
         }
+    }
+
+    /// Watch this console for a Linux kernel panic.
+    pub fn with_panic_watch(mut self, watch: PanicWatch) -> Self {
+        self.panic_watch = Some(watch);
+        self
     }
 
     /// Shared handle on the last complete line printed by the guest.
     pub fn last_line(&self) -> Arc<Mutex<String>> {
         self.last_line.clone()
+    }
+
+    /// Shared handle on the last [`TAIL_LINES`] lines printed by the guest.
+    pub fn tail(&self) -> Arc<Mutex<VecDeque<String>>> {
+        self.tail.clone()
+    }
+
+    fn complete_line(&mut self) {
+        let s = String::from_utf8_lossy(&self.line).trim_end().to_string();
+        self.line.clear();
+        if s.is_empty() {
+            return;
+        }
+        if let Some(w) = &self.panic_watch {
+            // The closing line contains the opening text too: test it first.
+            if s.contains(PANIC_END) {
+                if w.panicked.load(Ordering::SeqCst) {
+                    w.control.request_exit(ExitReason::GuestPanic);
+                }
+            } else if s.contains(PANIC_START) {
+                w.panicked.store(true, Ordering::SeqCst);
+            }
+        }
+        {
+            let mut t = lock(&self.tail);
+            if t.len() == TAIL_LINES {
+                t.pop_front();
+            }
+            t.push_back(s.clone());
+        }
+        *lock(&self.last_line) = s;
     }
 }
 
@@ -49,13 +108,7 @@ impl Write for SerialOutput {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         for &b in buf {
             match b {
-                b'\n' => {
-                    let s = String::from_utf8_lossy(&self.line).trim_end().to_string();
-                    if !s.is_empty() {
-                        *lock(&self.last_line) = s;
-                    }
-                    self.line.clear();
-                }
+                b'\n' => self.complete_line(),
                 _ if self.line.len() < 512 => self.line.push(b),
                 _ => {}
             }
@@ -129,5 +182,44 @@ mod tests {
         out.write_all(b"first\r\nsecond\n\npart").unwrap();
         assert_eq!(*lock(&last), "second");
         assert_eq!(lock(&buf).len(), 19);
+        assert_eq!(lock(&out.tail()).len(), 2);
+    }
+
+    #[test]
+    fn tail_keeps_only_the_last_lines() {
+        let mut out = SerialOutput::new(Box::new(io::sink()));
+        for i in 0..TAIL_LINES + 5 {
+            writeln!(out, "line {i}").unwrap();
+        }
+        let tail = out.tail();
+        let t = lock(&tail);
+        assert_eq!(t.len(), TAIL_LINES);
+        assert_eq!(t.front().unwrap(), "line 5");
+    }
+
+    #[test]
+    fn kernel_panic_lines_mark_the_panic_and_stop_the_vm() {
+        let control = Arc::new(VmControl::new());
+        let panicked = Arc::new(AtomicBool::new(false));
+        let mut out = SerialOutput::new(Box::new(io::sink())).with_panic_watch(PanicWatch {
+            panicked: panicked.clone(),
+            control: control.clone(),
+        });
+        // A guest printing the closing line alone is not a panic.
+        writeln!(out, "[    1.0] ---[ end Kernel panic - not syncing: x ]---").unwrap();
+        assert!(!control.is_stopping());
+        writeln!(
+            out,
+            "[    9.1] Kernel panic - not syncing: sysrq triggered crash"
+        )
+        .unwrap();
+        assert!(panicked.load(Ordering::SeqCst));
+        assert!(!control.is_stopping());
+        writeln!(
+            out,
+            "[    9.2] ---[ end Kernel panic - not syncing: sysrq triggered crash ]---"
+        )
+        .unwrap();
+        assert_eq!(control.reason(), Some(ExitReason::GuestPanic));
     }
 }

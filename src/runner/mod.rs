@@ -1,0 +1,515 @@
+//! `splitvm test MANIFEST`: run a manifest's cases, each as its own
+//! `splitvm run ... -- CMD` child process, up to `--jobs` at once; print a
+//! result line per case, a summary table and optionally JUnit XML.
+
+pub mod manifest;
+
+use std::collections::VecDeque;
+use std::fs::{self, File};
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use devices::channel::MAX_LINE;
+use devices::control::command_status;
+use devices::interrupt::lock;
+
+use crate::cli::{TestArgs, Transport};
+use manifest::Case;
+
+/// How a case ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The command's status was the expected one.
+    Pass,
+    /// The command ran and returned another status, or the guest panicked.
+    Fail,
+    /// The case's timeout passed.
+    Timeout,
+    /// splitvm could not run the case, or the VM stopped without a status.
+    Error,
+}
+
+impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Pass => "pass",
+            Outcome::Fail => "fail",
+            Outcome::Timeout => "timeout",
+            Outcome::Error => "error",
+        }
+    }
+
+    /// Classify the child's exit status against the expected one.
+    pub fn of(status: Option<i32>, expect: i32) -> (Outcome, String) {
+        match status {
+            Some(s) if s == expect => (Outcome::Pass, format!("status {s}")),
+            Some(command_status::TIMEOUT) => (Outcome::Timeout, "timed out".into()),
+            Some(command_status::PANIC) => (Outcome::Fail, "the guest kernel panicked".into()),
+            Some(command_status::NO_STATUS) => (
+                Outcome::Error,
+                "the VM stopped without reporting the command's status".into(),
+            ),
+            Some(command_status::SPLITVM_ERROR) | Some(2) => {
+                (Outcome::Error, "splitvm failed (see stderr)".into())
+            }
+            Some(s) => (Outcome::Fail, format!("status {s}, expected {expect}")),
+            None => (Outcome::Error, "splitvm was killed by a signal".into()),
+        }
+    }
+}
+
+/// A finished case.
+#[derive(Debug, Clone)]
+pub struct CaseResult {
+    pub name: String,
+    pub outcome: Outcome,
+    pub status: Option<i32>,
+    pub expect: i32,
+    pub detail: String,
+    pub seconds: f64,
+    pub dir: PathBuf,
+}
+
+/// Extra time the runner gives a child past its own `--timeout` before it
+/// kills it (the child normally stops itself and writes its report).
+const KILL_GRACE: Duration = Duration::from_secs(30);
+
+/// The `splitvm run` arguments for `case`, writing into `dir`.
+pub fn run_args(case: &Case, dir: &Path, default_cmdline: &str) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "run".into(),
+        "--kernel".into(),
+        case.kernel.display().to_string(),
+        "--cpus".into(),
+        case.cpus.to_string(),
+        "--memory".into(),
+        case.memory.clone(),
+        "--transport".into(),
+        match case.transport {
+            Transport::Pci => "pci".into(),
+            Transport::Mmio => "mmio".into(),
+        },
+        "--timeout".into(),
+        case.timeout.to_string(),
+        "--serial".into(),
+        format!("file:{}", dir.join("console.log").display()),
+        "--stats-json".into(),
+        dir.join("report.json").display().to_string(),
+        "--progress".into(),
+        "never".into(),
+    ];
+    if let Some(i) = &case.initrd {
+        a.extend(["--initrd".into(), i.display().to_string()]);
+    }
+    let cmdline = match (&case.cmdline, &case.extra_cmdline) {
+        (None, None) => None,
+        (c, extra) => Some(format!(
+            "{} {}",
+            c.as_deref().unwrap_or(default_cmdline),
+            extra.as_deref().unwrap_or("")
+        )),
+    };
+    if let Some(c) = cmdline {
+        a.extend(["--cmdline".into(), c.trim().to_string()]);
+    }
+    for d in &case.disks {
+        a.extend(["--disk".into(), d.clone()]);
+    }
+    for d in &case.add {
+        a.extend(["--add".into(), d.clone()]);
+    }
+    a.push("--".into());
+    a.extend(case.command.iter().cloned());
+    a
+}
+
+fn wait_with_deadline(child: &mut Child, deadline: Instant) -> (Option<i32>, bool) {
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return (st.code(), false),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return (Some(command_status::TIMEOUT), true);
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(50)),
+            Err(_) => return (None, false),
+        }
+    }
+}
+
+fn run_case(exe: &Path, case: &Case, out_root: &Path, default_cmdline: &str) -> CaseResult {
+    let started = Instant::now();
+    let dir = out_root.join(&case.name);
+    let result = |outcome, status, detail: String| CaseResult {
+        name: case.name.clone(),
+        outcome,
+        status,
+        expect: case.expect,
+        detail,
+        seconds: started.elapsed().as_secs_f64(),
+        dir: dir.clone(),
+    };
+    let _ = fs::remove_dir_all(&dir);
+    let files = fs::create_dir_all(&dir).and_then(|_| {
+        Ok((
+            File::create(dir.join("stdout"))?,
+            File::create(dir.join("stderr"))?,
+        ))
+    });
+    let (stdout, stderr) = match files {
+        Ok(f) => f,
+        Err(e) => {
+            return result(
+                Outcome::Error,
+                None,
+                format!("cannot create {}: {e}", dir.display()),
+            )
+        }
+    };
+    let args = run_args(case, &dir, default_cmdline);
+    let _ = fs::write(dir.join("command"), shell_words(exe, &args));
+    let child = Command::new(exe)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return result(Outcome::Error, None, format!("cannot start splitvm: {e}")),
+    };
+    let deadline = started + Duration::from_secs_f64(case.timeout) + KILL_GRACE;
+    let (status, killed) = wait_with_deadline(&mut child, deadline);
+    let (outcome, mut detail) = Outcome::of(status, case.expect);
+    if killed {
+        detail = "timed out (killed by the runner)".into();
+    }
+    result(outcome, status, detail)
+}
+
+/// A command line that can be pasted into a shell to rerun a case.
+fn shell_words(exe: &Path, args: &[String]) -> String {
+    let q = |s: &str| {
+        if !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/._-=:,+".contains(c))
+        {
+            s.to_string()
+        } else {
+            format!("'{}'", s.replace('\'', "'\\''"))
+        }
+    };
+    let mut v = vec![q(&exe.display().to_string())];
+    v.extend(args.iter().map(|a| q(a)));
+    v.join(" ") + "\n"
+}
+
+/// `splitvm test`: returns the process status (0 all passed, 1 otherwise).
+pub fn run(args: &TestArgs) -> Result<i32, String> {
+    let cases = manifest::load(&args.manifest).map_err(|e| e.to_string())?;
+    let (k, n) = match &args.shard {
+        Some(s) => manifest::parse_shard(s)?,
+        None => (1, 1),
+    };
+    let mut cases = manifest::shard(&cases, k, n);
+    if let Some(f) = &args.filter {
+        cases.retain(|c| c.name.contains(f.as_str()));
+    }
+    for c in &cases {
+        let len = devices::channel::Message::Run(c.command.clone())
+            .encode()
+            .len();
+        if len > MAX_LINE {
+            return Err(format!(
+                "{}: case '{}': the command is {len} bytes encoded, more than the channel's {MAX_LINE}",
+                args.manifest.display(),
+                c.name
+            ));
+        }
+    }
+    let jobs = match args.jobs {
+        Some(0) => return Err("--jobs must be at least 1".into()),
+        Some(j) => j,
+        None => thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    };
+    fs::create_dir_all(&args.output)
+        .map_err(|e| format!("cannot create --output '{}': {e}", args.output.display()))?;
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the splitvm binary: {e}"))?;
+    let default_cmdline = crate::vmm::default_linux_cmdline(&crate::host::detect());
+    let progress = match args.progress.as_str() {
+        "always" => true,
+        "never" => false,
+        _ => std::io::stderr().is_terminal(),
+    };
+
+    let total = cases.len();
+    let started = Instant::now();
+    println!(
+        "splitvm test: {total} case(s) from {} (shard {k}/{n}), {} at a time, output in {}",
+        args.manifest.display(),
+        jobs.min(total.max(1)),
+        args.output.display()
+    );
+    let queue = Arc::new(Mutex::new(
+        cases.into_iter().enumerate().collect::<VecDeque<_>>(),
+    ));
+    let (tx, rx) = mpsc::channel();
+    let mut workers = Vec::new();
+    for _ in 0..jobs.min(total) {
+        let (queue, tx, exe, out, dc) = (
+            queue.clone(),
+            tx.clone(),
+            exe.clone(),
+            args.output.clone(),
+            default_cmdline.clone(),
+        );
+        workers.push(thread::spawn(move || loop {
+            let next = lock(&queue).pop_front();
+            let Some((i, case)) = next else { break };
+            let r = run_case(&exe, &case, &out, &dc);
+            if tx.send((i, r)).is_err() {
+                break;
+            }
+        }));
+    }
+    drop(tx);
+    let mut results: Vec<Option<CaseResult>> = vec![None; total];
+    let mut done = 0;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok((i, r)) => {
+                done += 1;
+                if progress {
+                    eprint!("\r\x1b[K");
+                }
+                println!(
+                    "{:<7} {} ({:.1} s, {})",
+                    r.outcome.name().to_uppercase(),
+                    r.name,
+                    r.seconds,
+                    r.detail
+                );
+                results[i] = Some(r);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if progress {
+            eprint!(
+                "\r\x1b[K[splitvm test {:6.1}s] {done}/{total} done, {} running",
+                started.elapsed().as_secs_f64(),
+                (total - done).min(jobs)
+            );
+        }
+    }
+    if progress {
+        eprint!("\r\x1b[K");
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+    let results: Vec<CaseResult> = results.into_iter().flatten().collect();
+    let wall = started.elapsed().as_secs_f64();
+    print!("{}", summary(&results, wall, jobs, (k, n)));
+    if let Some(path) = &args.junit {
+        let xml = junit(&args.manifest, &results, wall)?;
+        fs::write(path, xml)
+            .map_err(|e| format!("cannot write --junit '{}': {e}", path.display()))?;
+    }
+    Ok(
+        if results.iter().all(|r| r.outcome == Outcome::Pass) && results.len() == total {
+            0
+        } else {
+            1
+        },
+    )
+}
+
+/// The table printed at the end.
+pub fn summary(results: &[CaseResult], wall: f64, jobs: usize, shard: (usize, usize)) -> String {
+    let w = results
+        .iter()
+        .map(|r| r.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let mut s = format!(
+        "\n{:<w$}  {:<7}  {:>6}  {:>6}  {:>8}  detail\n",
+        "case", "result", "status", "expect", "time"
+    );
+    for r in results {
+        s += &format!(
+            "{:<w$}  {:<7}  {:>6}  {:>6}  {:>7.1}s  {}\n",
+            r.name,
+            r.outcome.name(),
+            r.status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.expect,
+            r.seconds,
+            r.detail
+        );
+    }
+    let count = |o| results.iter().filter(|r| r.outcome == o).count();
+    s += &format!(
+        "\n{} cases in {wall:.1} s ({jobs} at a time, shard {}/{}): {} pass, {} fail, {} timeout, {} error\n",
+        results.len(),
+        shard.0,
+        shard.1,
+        count(Outcome::Pass),
+        count(Outcome::Fail),
+        count(Outcome::Timeout),
+        count(Outcome::Error)
+    );
+    s
+}
+
+fn read_capped(path: &Path, cap: u64) -> String {
+    let mut v = Vec::new();
+    if let Ok(f) = File::open(path) {
+        let _ = f.take(cap).read_to_end(&mut v);
+    }
+    String::from_utf8_lossy(&v).into_owned()
+}
+
+/// JUnit XML: one test suite (the manifest), one test case per case.
+pub fn junit(manifest: &Path, results: &[CaseResult], wall: f64) -> Result<String, String> {
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    let suite_name = manifest
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "splitvm".into());
+    let mut suite = TestSuite::new(suite_name.clone());
+    for r in results {
+        let status = match r.outcome {
+            Outcome::Pass => TestCaseStatus::success(),
+            o => {
+                let kind = if o == Outcome::Error {
+                    NonSuccessKind::Error
+                } else {
+                    NonSuccessKind::Failure
+                };
+                let mut st = TestCaseStatus::non_success(kind);
+                st.set_message(r.detail.clone());
+                st.set_type(o.name());
+                st
+            }
+        };
+        let mut tc = TestCase::new(r.name.clone(), status);
+        tc.set_classname(suite_name.clone());
+        tc.set_time(Duration::from_secs_f64(r.seconds));
+        tc.set_system_out(read_capped(&r.dir.join("stdout"), 64 * 1024));
+        tc.set_system_err(read_capped(&r.dir.join("stderr"), 64 * 1024));
+        suite.add_test_case(tc);
+    }
+    suite.set_time(Duration::from_secs_f64(wall));
+    let mut report = Report::new("splitvm");
+    report.add_test_suite(suite);
+    report
+        .to_string()
+        .map_err(|e| format!("cannot write JUnit XML: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(name: &str, outcome: Outcome) -> CaseResult {
+        CaseResult {
+            name: name.into(),
+            outcome,
+            status: Some(0),
+            expect: 0,
+            detail: "d <&> \"x\"".into(),
+            seconds: 1.5,
+            dir: PathBuf::from("/nonexistent"),
+        }
+    }
+
+    #[test]
+    fn statuses_map_to_outcomes() {
+        assert_eq!(Outcome::of(Some(0), 0).0, Outcome::Pass);
+        assert_eq!(Outcome::of(Some(1), 1).0, Outcome::Pass);
+        assert_eq!(Outcome::of(Some(1), 0).0, Outcome::Fail);
+        assert_eq!(Outcome::of(Some(124), 0).0, Outcome::Timeout);
+        assert_eq!(Outcome::of(Some(255), 0).0, Outcome::Fail);
+        assert_eq!(Outcome::of(Some(254), 0).0, Outcome::Error);
+        assert_eq!(Outcome::of(Some(253), 0).0, Outcome::Error);
+        assert_eq!(Outcome::of(None, 0).0, Outcome::Error);
+    }
+
+    #[test]
+    fn junit_counts_failures_and_errors_and_escapes_text() {
+        let rs = [
+            res("a", Outcome::Pass),
+            res("b", Outcome::Fail),
+            res("c", Outcome::Timeout),
+            res("d", Outcome::Error),
+        ];
+        let xml = junit(Path::new("x/demo.toml"), &rs, 3.0).unwrap();
+        let doc = roxmltree::Document::parse(&xml).unwrap();
+        let suite = doc
+            .descendants()
+            .find(|n| n.has_tag_name("testsuite"))
+            .unwrap();
+        assert_eq!(suite.attribute("name"), Some("demo"));
+        assert_eq!(suite.attribute("tests"), Some("4"));
+        assert_eq!(suite.attribute("failures"), Some("2"));
+        assert_eq!(suite.attribute("errors"), Some("1"));
+        let failure = doc
+            .descendants()
+            .find(|n| n.has_tag_name("failure"))
+            .unwrap();
+        assert_eq!(failure.attribute("message"), Some("d <&> \"x\""));
+    }
+
+    #[test]
+    fn run_args_end_with_the_command_after_a_double_dash() {
+        let case = Case {
+            name: "a".into(),
+            kernel: "/k".into(),
+            initrd: Some("/i".into()),
+            cpus: 2,
+            memory: "256M".into(),
+            transport: Transport::Mmio,
+            cmdline: None,
+            extra_cmdline: Some("quiet".into()),
+            disks: vec!["/d,readonly".into()],
+            add: vec![],
+            command: vec!["sh".into(), "-c".into(), "exit 3".into()],
+            timeout: 9.0,
+            expect: 3,
+        };
+        let a = run_args(&case, Path::new("/out/a"), "console=ttyS0");
+        let dd = a.iter().position(|x| x == "--").unwrap();
+        assert_eq!(&a[dd + 1..], ["sh", "-c", "exit 3"]);
+        let c = a.iter().position(|x| x == "--cmdline").unwrap();
+        assert_eq!(a[c + 1], "console=ttyS0 quiet");
+        assert!(a.windows(2).any(|w| w == ["--transport", "mmio"]));
+        assert!(a.windows(2).any(|w| w == ["--disk", "/d,readonly"]));
+        assert!(a
+            .windows(2)
+            .any(|w| w == ["--serial", "file:/out/a/console.log"]));
+    }
+
+    #[test]
+    fn summary_counts_each_outcome() {
+        let rs = [res("a", Outcome::Pass), res("b", Outcome::Timeout)];
+        let s = summary(&rs, 2.0, 2, (1, 1));
+        assert!(
+            s.contains(
+                "2 cases in 2.0 s (2 at a time, shard 1/1): 1 pass, 0 fail, 1 timeout, 0 error"
+            ),
+            "{s}"
+        );
+    }
+}
