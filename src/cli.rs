@@ -45,6 +45,10 @@ pub struct TestArgs {
     /// Run only the cases whose name contains this text.
     #[arg(long, value_name = "TEXT")]
     pub filter: Option<String>,
+    /// Print the names of the cases that would run (after --shard and
+    /// --filter), one a line, and run nothing.
+    #[arg(long)]
+    pub list: bool,
     /// Progress line on stderr: auto (when stderr is a terminal), always, never.
     #[arg(long, value_name = "WHEN", default_value = "auto")]
     pub progress: String,

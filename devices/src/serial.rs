@@ -26,7 +26,7 @@ impl Trigger for SerialIrq {
 }
 
 /// How many console lines [`SerialOutput`] keeps for error reports.
-pub const TAIL_LINES: usize = 40;
+pub const TAIL_LINES: usize = 25;
 
 /// What Linux prints first when it panics, and last (kernel/panic.c).
 const PANIC_START: &str = "Kernel panic - not syncing";

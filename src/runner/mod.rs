@@ -221,6 +221,12 @@ pub fn run(args: &TestArgs) -> Result<i32, String> {
     if let Some(f) = &args.filter {
         cases.retain(|c| c.name.contains(f.as_str()));
     }
+    if args.list {
+        for c in &cases {
+            println!("{}", c.name);
+        }
+        return Ok(0);
+    }
     for c in &cases {
         let len = devices::channel::Message::Run(c.command.clone())
             .encode()
