@@ -11,6 +11,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "KVM microVMs with a split irqchip: LAPIC in the kernel, I/O APIC and MSI routing in userspace"
 )]
 pub struct Cli {
+    /// Which of splitvm's own messages go to stderr: off, error, warn,
+    /// info, debug, trace (each place in the code prints at most 5).
+    #[arg(long, global = true, value_name = "LEVEL", default_value = "warn", value_parser = crate::logger::parse_level)]
+    pub log_level: log::LevelFilter,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -74,6 +78,13 @@ pub enum Transport {
     Pci,
     /// virtio-mmio, each device on its own I/O APIC pin (5, 6, ...).
     Mmio,
+}
+
+/// Faults a test can inject (hidden option `--fault-inject`).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultInject {
+    PanicVcpu,
+    SeccompVcpu,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,7 +167,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub pin_vcpus: bool,
     /// Stop the VM after this many seconds (exit status 6).
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
     pub timeout: Option<f64>,
     /// Progress line on stderr while the guest runs: auto (when stderr is a terminal), always, never.
     #[arg(long, value_name = "WHEN", default_value = "auto")]
@@ -173,6 +184,11 @@ pub struct RunArgs {
     /// attribute them to interrupt sources in the report.
     #[arg(long)]
     pub trace_exits: bool,
+    /// Test-only fault injection (docs/security.md): `panic-vcpu` panics
+    /// vCPU 0's thread at its first exit; `seccomp-vcpu` makes vCPU 0 call
+    /// a system call outside its seccomp allow-list.
+    #[arg(long, hide = true, value_name = "FAULT")]
+    pub fault_inject: Option<FaultInject>,
     /// Run this command in the guest (through the splitvm agent of the
     /// initramfs, docs/ci-runner.md), stream its stdout and stderr, and exit
     /// with its status.
@@ -196,13 +212,25 @@ pub fn parse_u64(s: &str) -> Result<u64, String> {
     r.map_err(|_| format!("'{s}' is not a number"))
 }
 
-fn parse_interval(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.05 => Ok(v),
+/// The longest `--timeout` and `--stats-interval` (one year): anything
+/// longer is a mistake, and it keeps every `Duration` conversion in range.
+pub const MAX_SECONDS: f64 = 365.0 * 86_400.0;
+
+fn seconds_in(s: &str, min: f64, what: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= min && v <= MAX_SECONDS => Ok(v),
         _ => Err(format!(
-            "'{s}' is not an interval in seconds (0.05 or more)"
+            "'{s}' is not {what} in seconds (from {min} to {MAX_SECONDS})"
         )),
     }
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    seconds_in(s, 0.05, "an interval")
+}
+
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    seconds_in(s, 0.001, "a timeout")
 }
 
 /// Parse "128M", "1G", "65536", "512K" into bytes.
@@ -229,6 +257,29 @@ mod tests {
         assert_eq!(parse_size("12X"), None);
         assert_eq!(parse_size(""), None);
         assert_eq!(parse_size("99999999999999G"), None);
+    }
+
+    #[test]
+    fn timeouts_and_intervals_out_of_range_are_refused() {
+        for bad in [
+            "inf",
+            "-inf",
+            "nan",
+            "NaN",
+            "1e19",
+            "1e300",
+            "18446744073709551615",
+            "0",
+            "-1",
+            "x",
+        ] {
+            assert!(parse_timeout(bad).is_err(), "--timeout {bad}");
+            assert!(parse_interval(bad).is_err(), "--stats-interval {bad}");
+        }
+        assert_eq!(parse_timeout("2.5"), Ok(2.5));
+        assert_eq!(parse_interval("0.05"), Ok(0.05));
+        assert!(parse_interval("0.01").is_err());
+        assert_eq!(parse_timeout("31536000"), Ok(MAX_SECONDS));
     }
 
     #[test]

@@ -7,6 +7,8 @@ pub mod host;
 pub mod initramfs;
 pub mod kvm_stats;
 pub mod loader;
+pub mod logger;
+pub mod output;
 pub mod runner;
 pub mod sources;
 pub mod startup;

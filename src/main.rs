@@ -26,10 +26,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    splitvm::logger::install(cli.log_level);
     match cli.command {
-        Command::Run(args) => match splitvm::vmm::run(&args) {
-            Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
-            Err(e) => {
+        Command::Run(args) => match std::panic::catch_unwind(|| splitvm::vmm::run(&args)) {
+            Ok(Ok(status)) => ExitCode::from(status.clamp(0, 255) as u8),
+            // The panic hook printed the line; the status is documented.
+            Err(_) => ExitCode::from(if args.command_mode() {
+                devices::control::command_status::SPLITVM_ERROR as u8
+            } else {
+                devices::ExitReason::InternalError(String::new()).status() as u8
+            }),
+            Ok(Err(e)) => {
                 eprintln!("splitvm: {e}");
                 // With `-- CMD`, 2 could be the command's own status.
                 ExitCode::from(if args.command_mode() {

@@ -99,6 +99,61 @@ fn read_all(c: &[Counter]) -> Vec<u64> {
     c.iter().map(Counter::get).collect()
 }
 
+/// How many distinct unclaimed addresses a vCPU counts one by one (and
+/// the report lists); accesses to further addresses go to an `other`
+/// bucket, so a guest cannot make the VMM allocate without bound.
+pub const UNCLAIMED_ADDRESSES: usize = 64;
+
+/// Counts per address, for at most [`UNCLAIMED_ADDRESSES`] addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BoundedCounts<K: Ord> {
+    pub by_address: BTreeMap<K, u64>,
+    /// Accesses to addresses past the first [`UNCLAIMED_ADDRESSES`].
+    pub other: u64,
+}
+
+impl<K: Ord> BoundedCounts<K> {
+    pub fn add(&mut self, key: K, n: u64) {
+        if let Some(c) = self.by_address.get_mut(&key) {
+            *c += n;
+        } else if self.by_address.len() < UNCLAIMED_ADDRESSES {
+            self.by_address.insert(key, n);
+        } else {
+            self.other += n;
+        }
+    }
+}
+
+/// Merge per-vCPU counts into the report's map: the [`UNCLAIMED_ADDRESSES`]
+/// most-used addresses by name, everything else under `other`.
+fn merge_unclaimed<K: Ord + Copy>(
+    parts: &[&BoundedCounts<K>],
+    name: impl Fn(K) -> String,
+) -> BTreeMap<String, u64> {
+    let mut all: BTreeMap<K, u64> = BTreeMap::new();
+    let mut other = 0;
+    for p in parts {
+        for (k, n) in &p.by_address {
+            *all.entry(*k).or_default() += n;
+        }
+        other += p.other;
+    }
+    let mut v: Vec<(K, u64)> = all.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut out = BTreeMap::new();
+    for (i, (k, n)) in v.into_iter().enumerate() {
+        if i < UNCLAIMED_ADDRESSES {
+            out.insert(name(k), n);
+        } else {
+            other += n;
+        }
+    }
+    if other > 0 {
+        out.insert("other".to_string(), other);
+    }
+    out
+}
+
 /// Live counters of one vCPU, written only by its thread. The unhandled
 /// maps sit behind a mutex that only that thread and snapshots take
 /// (uncontended; only on exits no device claims).
@@ -117,8 +172,8 @@ pub struct VcpuCounters {
     pub eoi_unattributed: Counter,
     /// EOI exits that completed more than one pin (shared vector).
     pub eoi_shared: Counter,
-    pub unhandled_pio: Mutex<BTreeMap<u16, u64>>,
-    pub unhandled_mmio: Mutex<BTreeMap<u64, u64>>,
+    pub unhandled_pio: Mutex<BoundedCounts<u16>>,
+    pub unhandled_mmio: Mutex<BoundedCounts<u64>>,
 }
 
 impl VcpuCounters {
@@ -134,8 +189,8 @@ impl VcpuCounters {
             source_mmio: counters(sources),
             eoi_unattributed: Counter::default(),
             eoi_shared: Counter::default(),
-            unhandled_pio: Mutex::new(BTreeMap::new()),
-            unhandled_mmio: Mutex::new(BTreeMap::new()),
+            unhandled_pio: Mutex::new(BoundedCounts::default()),
+            unhandled_mmio: Mutex::new(BoundedCounts::default()),
         }
     }
 
@@ -183,15 +238,11 @@ impl VcpuCounters {
     }
 
     pub fn unhandled_pio(&self, port: u16) {
-        *devices::interrupt::lock(&self.unhandled_pio)
-            .entry(port)
-            .or_default() += 1;
+        devices::interrupt::lock(&self.unhandled_pio).add(port, 1);
     }
 
     pub fn unhandled_mmio(&self, addr: u64) {
-        *devices::interrupt::lock(&self.unhandled_mmio)
-            .entry(addr)
-            .or_default() += 1;
+        devices::interrupt::lock(&self.unhandled_mmio).add(addr, 1);
     }
 
     /// A consistent-enough copy (each counter read once; counters keep
@@ -235,8 +286,8 @@ pub struct VcpuStats {
     pub source_mmio: Vec<u64>,
     pub eoi_unattributed: u64,
     pub eoi_shared: u64,
-    pub unhandled_pio: BTreeMap<u16, u64>,
-    pub unhandled_mmio: BTreeMap<u64, u64>,
+    pub unhandled_pio: BoundedCounts<u16>,
+    pub unhandled_mmio: BoundedCounts<u64>,
 }
 
 impl VcpuStats {
@@ -252,8 +303,8 @@ impl VcpuStats {
             source_mmio: Vec::new(),
             eoi_unattributed: 0,
             eoi_shared: 0,
-            unhandled_pio: BTreeMap::new(),
-            unhandled_mmio: BTreeMap::new(),
+            unhandled_pio: BoundedCounts::default(),
+            unhandled_mmio: BoundedCounts::default(),
         }
     }
 
@@ -385,15 +436,13 @@ impl Report {
                     .unwrap_or_else(|| format!("mmio#{i}"));
                 *r.mmio_exits_per_device.entry(name).or_default() += n;
             }
-            for (port, n) in &v.unhandled_pio {
-                *r.unhandled_pio.entry(format!("{port:#06x}")).or_default() += n;
-            }
-            for (addr, n) in &v.unhandled_mmio {
-                *r.unhandled_mmio.entry(format!("{addr:#x}")).or_default() += n;
-            }
             r.eoi_exits_unattributed += v.eoi_unattributed;
             r.eoi_exits_shared += v.eoi_shared;
         }
+        let pio: Vec<_> = vcpus.iter().map(|v| &v.unhandled_pio).collect();
+        r.unhandled_pio = merge_unclaimed(&pio, |p| format!("{p:#06x}"));
+        let mmio: Vec<_> = vcpus.iter().map(|v| &v.unhandled_mmio).collect();
+        r.unhandled_mmio = merge_unclaimed(&mmio, |a| format!("{a:#x}"));
         r.total_exits = totals.iter().sum();
         r.exits = kinds_map(&totals);
         r
@@ -775,8 +824,12 @@ impl ReportInputs<'_> {
                 };
                 report.exit_reason = reason.name().to_string();
                 report.exit_detail = match reason {
-                    ExitReason::GuestError(m) | ExitReason::VmmError(m) => Some(m.clone()),
-                    ExitReason::DebugExit(v) => Some(format!("guest wrote {v:#x} to port 0xf4")),
+                    ExitReason::GuestError(m)
+                    | ExitReason::VmmError(m)
+                    | ExitReason::InternalError(m) => Some(m.clone()),
+                    ExitReason::DebugExit(v) => Some(format!(
+                        "guest wrote {v:#x} to port 0xf4 (status keeps 8 bits: ({v:#x} << 1 | 1) & 0xff)"
+                    )),
                     ExitReason::Signal(s) => Some(format!("signal {s}")),
                     ExitReason::CommandExit(n) => {
                         Some(format!("the command exited with status {n}"))
@@ -946,24 +999,47 @@ fn compare(r: &Report, t: &TraceReport) -> Vec<crate::trace::Comparison> {
     ]
 }
 
-/// Write `report` as JSON to `path` atomically: a temporary file in the
-/// same directory, renamed over `path`.
+/// Write `report` as JSON to `path` (atomically for regular files; see
+/// `crate::output`).
 pub fn write_json_atomic(path: &std::path::Path, report: &Report) -> std::io::Result<()> {
     let json = serde_json::to_string_pretty(report).map_err(std::io::Error::other)? + "\n";
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "stats.json".into());
-    let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
-    std::fs::write(&tmp, json)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    crate::output::write_output(path, json.as_bytes())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_guest_touching_many_unclaimed_addresses_gets_a_bounded_report() {
+        let c = VcpuCounters::new(0, 0, 0, 0);
+        for addr in 0..100_000u64 {
+            c.unhandled_mmio(0xd000_0000 + addr * 8);
+        }
+        for _ in 0..5 {
+            c.unhandled_mmio(0xd000_0000);
+        }
+        let mut other = VcpuStats::new(1, 0, 0);
+        for port in 0..=u16::MAX {
+            other.unhandled_pio.add(port, 1);
+        }
+        let snap = c.snapshot();
+        assert_eq!(snap.unhandled_mmio.by_address.len(), UNCLAIMED_ADDRESSES);
+        let r = Report::from_vcpus(&[snap, other], &[], &[]);
+        assert_eq!(r.unhandled_mmio.len(), UNCLAIMED_ADDRESSES + 1);
+        assert_eq!(r.unhandled_mmio["0xd0000000"], 6);
+        assert_eq!(r.unhandled_mmio.values().sum::<u64>(), 100_005);
+        assert_eq!(r.unhandled_pio.len(), UNCLAIMED_ADDRESSES + 1);
+        assert_eq!(
+            r.unhandled_pio["other"],
+            65_536 - UNCLAIMED_ADDRESSES as u64
+        );
+        assert!(
+            r.table().len() < 20_000,
+            "table is {} bytes",
+            r.table().len()
+        );
+    }
 
     #[test]
     fn report_merges_vcpus_and_names_devices() {
@@ -974,7 +1050,7 @@ mod tests {
         a.pio_device[1] += 1;
         let mut b = VcpuStats::new(1, 2, 1);
         b.exit(ExitKind::Io);
-        b.unhandled_pio.insert(0x1234, 2);
+        b.unhandled_pio.add(0x1234, 2);
         let r = Report::from_vcpus(
             &[a, b],
             &["serial".into(), "pc-testdev".into()],

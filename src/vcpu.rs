@@ -152,10 +152,12 @@ pub struct VcpuContext {
     pub counters: Arc<VcpuCounters>,
     /// Interrupt sources: which source owns a port, an address, a pin.
     pub sources: Arc<SourceRegistry>,
+    /// Test-only fault to inject in this vCPU (`--fault-inject`).
+    pub fault: Option<crate::cli::FaultInject>,
 }
 
 /// Run `vcpu` until the VM stops; returns a final snapshot of its counters.
-pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, ctx: VcpuContext) -> VcpuStats {
+pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, mut ctx: VcpuContext) -> VcpuStats {
     let stats = ctx.counters.clone();
     crate::startup::mark_first_kvm_run();
     loop {
@@ -164,7 +166,11 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, ctx: VcpuContext) -> VcpuStats {
         }
         let mut internal = false;
         let mut fail: Option<(u64, u32)> = None;
-        match vcpu.run() {
+        let result = vcpu.run();
+        if let Some(f) = ctx.fault.take() {
+            inject_fault(f);
+        }
+        match result {
             Ok(exit) => {
                 match exit {
                     VcpuExit::IoIn(port, data) => {
@@ -288,6 +294,20 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, ctx: VcpuContext) -> VcpuStats {
         }
     }
     stats.snapshot()
+}
+
+/// `--fault-inject`: make this vCPU thread fail the way a bug would.
+fn inject_fault(f: crate::cli::FaultInject) {
+    use crate::cli::FaultInject;
+    match f {
+        FaultInject::PanicVcpu => panic!("fault injection: vCPU thread panic"),
+        FaultInject::SeccompVcpu => {
+            // ptrace is on no thread's allow-list.
+            // SAFETY: PTRACE_TRACEME has no memory effects; it is refused
+            // by the seccomp filter before it runs.
+            unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) };
+        }
+    }
 }
 
 /// One line: vCPU, RIP, instruction bytes, suberror.

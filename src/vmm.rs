@@ -42,6 +42,34 @@ pub const MAX_CPUS: u32 = 64;
 
 static SIGNALLED: AtomicI32 = AtomicI32::new(0);
 
+/// The first panic of any splitvm thread: "thread 'NAME' panicked at FILE:LINE: MSG".
+static PANICKED: Mutex<Option<String>> = Mutex::new(None);
+
+/// Report a panic of any thread in one line and remember it, so the
+/// supervisor stops the VM with status 10 and still writes the report.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let line = format!("thread '{name}' panicked{at}: {msg}");
+        eprintln!("splitvm: internal error: {line} (a bug in splitvm; please report it)");
+        let mut p = lock(&PANICKED);
+        if p.is_none() {
+            *p = Some(line);
+        }
+    }));
+}
+
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 extern "C" fn on_terminate(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
@@ -171,6 +199,7 @@ pub const AGENT_CMDLINE: &str = "splitvm.agent=1";
 /// Boot and run a VM; returns the process exit status.
 pub fn run(args: &RunArgs) -> Result<i32> {
     let started = Instant::now();
+    install_panic_hook();
     let (mem_size, serial_dest) = check_args(args)?;
     let kvm = vm::open_kvm()?;
     let caps = vm::host_caps(&kvm);
@@ -259,6 +288,16 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             stream(Box::new(std::io::stderr()), true, COM3_PIN),
         )
         .map_err(io_setup("cmd-stderr"))?;
+        // Each port is an interrupt source on its ISA pin (shared as on a PC).
+        for (name, pin, base) in [
+            ("cmd-stdout", COM2_PIN, COM2_BASE),
+            ("cmd-stderr", COM3_PIN, COM3_BASE),
+            ("cmd-control", COM4_PIN, COM4_BASE),
+        ] {
+            if let Some(src) = sources.name_pin(pin, name) {
+                sources.attach_pio(src, base, 8);
+            }
+        }
         let ctl = ControlPort::new(IrqLine::new(ioapic.clone(), COM4_PIN), ch.clone());
         pio.insert("cmd-control", COM4_BASE, 8, dev(ctl))
             .map_err(io_setup("cmd-control"))?;
@@ -436,6 +475,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             mem: mem.clone(),
             counters: counters[id].clone(),
             sources: sources.clone(),
+            fault: args.fault_inject.filter(|_| id == 0),
         };
         let pin_to = (!host_cpus.is_empty()).then(|| host_cpus[id % host_cpus.len()]);
         let h = thread::Builder::new()
@@ -500,7 +540,9 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             }
         } else {
             let sig = SIGNALLED.load(Ordering::SeqCst);
-            if sig != 0 {
+            if let Some(p) = lock(&PANICKED).clone() {
+                control.request_exit(ExitReason::InternalError(p));
+            } else if sig != 0 {
                 control.request_exit(ExitReason::Signal(sig));
             } else if deadline.is_some_and(|d| Instant::now() >= d) {
                 control.request_exit(ExitReason::Timeout);
@@ -551,7 +593,10 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         match h.join() {
             Ok(s) => stats.push(s),
             Err(_) => {
-                control.request_exit(ExitReason::VmmError("a vCPU thread panicked".into()));
+                let p = lock(&PANICKED).clone();
+                control.request_exit(ExitReason::InternalError(
+                    p.unwrap_or_else(|| "a vCPU thread panicked".into()),
+                ));
             }
         }
     }
@@ -582,6 +627,14 @@ pub fn run(args: &RunArgs) -> Result<i32> {
 
     if let ExitReason::GuestError(m) | ExitReason::VmmError(m) = &reason {
         eprintln!("splitvm: {m}");
+    }
+    if let ExitReason::DebugExit(v) = &reason {
+        if *v > 0x7f {
+            eprintln!(
+                "splitvm: the guest wrote {v:#x} to the debug-exit port; the exit status keeps 8 bits of ({v:#x} << 1) | 1, so it is {} (as QEMU's isa-debug-exit)",
+                reason.status()
+            );
+        }
     }
     if let Some(ch) = &channel {
         if !matches!(reason, ExitReason::CommandExit(_)) {

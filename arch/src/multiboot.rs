@@ -30,6 +30,8 @@ pub enum MultibootError {
     NoHeader,
     #[error("multiboot header checksum is wrong")]
     BadChecksum,
+    #[error("multiboot a.out kludge (flag 16): {0}")]
+    BadAoutKludge(String),
     #[error("image is neither ELF nor a multiboot image with load addresses (flag 16)")]
     NotLoadable,
     #[error("malformed ELF: {0}")]
@@ -123,20 +125,36 @@ pub fn load(mem: &GuestMemoryMmap, image: &[u8]) -> Result<Loaded, MultibootErro
     let f = |i| rd32(image, hoff + i).ok_or(MultibootError::NotLoadable);
     let (header_addr, load_addr, load_end, bss_end, entry) =
         (f(12)?, f(16)?, f(20)?, f(24)?, f(28)?);
-    if load_addr > header_addr {
-        return Err(MultibootError::NotLoadable);
-    }
-    let file_start = hoff - (header_addr - load_addr) as usize;
+    // The header's place in the file and in memory fix where the image
+    // starts: file_start = header offset - (header_addr - load_addr).
+    let bad = |why: String| MultibootError::BadAoutKludge(why);
+    let before_header = header_addr.checked_sub(load_addr).ok_or_else(|| {
+        bad(format!(
+            "load_addr {load_addr:#x} is above header_addr {header_addr:#x}"
+        ))
+    })?;
+    let file_start = hoff.checked_sub(before_header as usize).ok_or_else(|| {
+        bad(format!(
+            "header_addr - load_addr ({before_header:#x}) is more than the header's offset in the file ({hoff:#x})"
+        ))
+    })?;
     let len = if load_end == 0 {
         image.len() - file_start
     } else {
-        load_end
-            .checked_sub(load_addr)
-            .ok_or(MultibootError::NotLoadable)? as usize
+        load_end.checked_sub(load_addr).ok_or_else(|| {
+            bad(format!(
+                "load_end {load_end:#x} is below load_addr {load_addr:#x}"
+            ))
+        })? as usize
     };
-    let data = image
-        .get(file_start..file_start + len)
-        .ok_or(MultibootError::NotLoadable)?;
+    let data = file_start
+        .checked_add(len)
+        .and_then(|end| image.get(file_start..end))
+        .ok_or_else(|| {
+            bad(format!(
+                "{len:#x} bytes from file offset {file_start:#x} are past the end of the file"
+            ))
+        })?;
     let memsz = if bss_end > load_addr {
         (bss_end - load_addr) as u64
     } else {
@@ -331,6 +349,33 @@ mod tests {
         assert_eq!(l.end, 0x10_1000);
         let b: u8 = mem().read_obj(GuestAddress(0x10_0000)).unwrap_or(0);
         let _ = b;
+    }
+
+    #[test]
+    fn aout_kludge_with_header_addr_past_the_file_start_is_a_clear_error() {
+        // The header sits at offset 0 but claims 0x100 bytes of image before
+        // it: that used to underflow (a debug-build panic, a misleading
+        // message in release).
+        let img = header(FLAG_AOUT_KLUDGE, &[0x10_0100, 0x10_0000, 0, 0, 0x10_0000]);
+        let e = load(&mem(), &img).unwrap_err();
+        assert!(matches!(e, MultibootError::BadAoutKludge(_)), "{e}");
+        assert!(e.to_string().contains("flag 16"), "{e}");
+        assert!(e.to_string().contains("header_addr - load_addr"), "{e}");
+    }
+
+    #[test]
+    fn aout_kludge_with_huge_or_inverted_addresses_is_refused() {
+        for extra in [
+            [0x10_0000, 0x20_0000, 0, 0, 0], // load_addr above header_addr
+            [0x10_0000, 0x10_0000, 0x0f_0000, 0, 0], // load_end below load_addr
+            [0x10_0000, 0x10_0000, 0xffff_ffff, 0, 0], // past the end of the file
+        ] {
+            let img = header(FLAG_AOUT_KLUDGE, &extra);
+            assert!(
+                matches!(load(&mem(), &img), Err(MultibootError::BadAoutKludge(_))),
+                "{extra:x?}"
+            );
+        }
     }
 
     #[test]

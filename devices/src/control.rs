@@ -26,6 +26,8 @@ pub enum ExitReason {
     Timeout,
     /// The guest kernel panicked (seen on its console).
     GuestPanic,
+    /// A splitvm thread panicked (a bug in splitvm): the message says which.
+    InternalError(String),
     /// The command of `splitvm run -- CMD` ended with this status (reported
     /// by the guest on the control channel, docs/ci-runner.md).
     CommandExit(i32),
@@ -58,6 +60,7 @@ impl ExitReason {
             ExitReason::GuestError(_) => 4,
             ExitReason::Timeout => 6,
             ExitReason::GuestPanic => 8,
+            ExitReason::InternalError(_) => 10,
             ExitReason::Signal(s) => 128 + s,
             ExitReason::CommandExit(n) => *n,
         }
@@ -71,7 +74,9 @@ impl ExitReason {
             ExitReason::GuestPanic => command_status::PANIC,
             ExitReason::Timeout => command_status::TIMEOUT,
             ExitReason::Signal(s) => 128 + s,
-            ExitReason::GuestError(_) | ExitReason::VmmError(_) => command_status::SPLITVM_ERROR,
+            ExitReason::GuestError(_) | ExitReason::VmmError(_) | ExitReason::InternalError(_) => {
+                command_status::SPLITVM_ERROR
+            }
             ExitReason::Reset
             | ExitReason::Poweroff
             | ExitReason::TripleFault
@@ -91,6 +96,7 @@ impl ExitReason {
             ExitReason::Signal(_) => "signal",
             ExitReason::Timeout => "timeout",
             ExitReason::GuestPanic => "guest-panic",
+            ExitReason::InternalError(_) => "internal-error",
             ExitReason::CommandExit(_) => "command-exit",
         }
     }
