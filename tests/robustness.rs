@@ -88,17 +88,20 @@ fn stats_json_on_a_character_device_leaves_it_a_character_device() {
         unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) },
         0
     );
-    let o = splitvm(&[
-        "run",
-        "--kernel",
-        &hello(),
-        "--test-devices",
-        "--serial",
-        "none",
-        "--stats-json",
-        dev.to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let hello_to = |json: &Path| {
+        let o = splitvm(&[
+            "run",
+            "--kernel",
+            &hello(),
+            "--test-devices",
+            "--serial",
+            "none",
+            "--stats-json",
+            json.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    };
+    hello_to(&dev);
     assert!(fs::symlink_metadata(&dev)
         .unwrap()
         .file_type()
@@ -106,17 +109,7 @@ fn stats_json_on_a_character_device_leaves_it_a_character_device() {
     // A symlink to a regular file stays a symlink; the file gets the report.
     fs::write(d.join("target.json"), "").unwrap();
     std::os::unix::fs::symlink(d.join("target.json"), d.join("link.json")).unwrap();
-    let o = splitvm(&[
-        "run",
-        "--kernel",
-        &hello(),
-        "--test-devices",
-        "--serial",
-        "none",
-        "--stats-json",
-        d.join("link.json").to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    hello_to(&d.join("link.json"));
     assert!(fs::symlink_metadata(d.join("link.json"))
         .unwrap()
         .file_type()
