@@ -184,6 +184,11 @@ pub struct RunArgs {
     /// attribute them to interrupt sources in the report.
     #[arg(long)]
     pub trace_exits: bool,
+    /// seccomp filters on every thread (docs/security.md): kill (a call
+    /// outside a thread's allow-list stops splitvm, status 12), log (the
+    /// kernel logs it, the call goes through), off.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = crate::seccomp::Mode::Kill)]
+    pub seccomp: crate::seccomp::Mode,
     /// Test-only fault injection (docs/security.md): `panic-vcpu` panics
     /// vCPU 0's thread at its first exit; `seccomp-vcpu` makes vCPU 0 call
     /// a system call outside its seccomp allow-list.

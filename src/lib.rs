@@ -10,6 +10,7 @@ pub mod loader;
 pub mod logger;
 pub mod output;
 pub mod runner;
+pub mod seccomp;
 pub mod sources;
 pub mod startup;
 pub mod stats;

@@ -267,7 +267,10 @@ impl Tracer {
         t.thread = Some(
             std::thread::Builder::new()
                 .name("trace".into())
-                .spawn(move || reader(pipe, stop, state, registry, ioapic))
+                .spawn(move || {
+                    devices::thread_start::started("trace");
+                    reader(pipe, stop, state, registry, ioapic)
+                })
                 .map_err(|e| format!("trace thread: {e}"))?,
         );
         Ok(t)

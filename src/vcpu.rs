@@ -159,6 +159,15 @@ pub struct VcpuContext {
 /// Run `vcpu` until the VM stops; returns a final snapshot of its counters.
 pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, mut ctx: VcpuContext) -> VcpuStats {
     let stats = ctx.counters.clone();
+    let name = format!("vcpu{id}");
+    if let Err(msg) = crate::seccomp::install(
+        crate::seccomp::ThreadKind::Vcpu,
+        crate::seccomp::mode(),
+        &name,
+    ) {
+        ctx.control.request_exit(ExitReason::VmmError(msg));
+        return stats.snapshot();
+    }
     crate::startup::mark_first_kvm_run();
     loop {
         if ctx.control.is_stopping() {

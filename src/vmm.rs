@@ -200,6 +200,10 @@ pub const AGENT_CMDLINE: &str = "splitvm.agent=1";
 pub fn run(args: &RunArgs) -> Result<i32> {
     let started = Instant::now();
     install_panic_hook();
+    crate::seccomp::setup(args.seccomp, args.command_mode()).map_err(|msg| Error::Setup {
+        what: "seccomp",
+        msg,
+    })?;
     let (mem_size, serial_dest) = check_args(args)?;
     let kvm = vm::open_kvm()?;
     let caps = vm::host_caps(&kvm);
@@ -529,6 +533,12 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         .timeout
         .map(|t| started + Duration::from_secs_f64(t.max(0.0)));
     let mut last_progress = Instant::now();
+    // Every thread is started: from here on the main thread only supervises.
+    if let Err(msg) =
+        crate::seccomp::install(crate::seccomp::ThreadKind::Supervisor, args.seccomp, "main")
+    {
+        control.request_exit(ExitReason::VmmError(msg));
+    }
     loop {
         if handles.iter().all(|h| h.is_finished()) {
             break;

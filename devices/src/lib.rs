@@ -15,6 +15,7 @@ pub mod pci;
 pub mod pit;
 pub mod serial;
 pub mod testdev;
+pub mod thread_start;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};

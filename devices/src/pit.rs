@@ -616,7 +616,10 @@ impl Pit {
             self.shared.stop.store(false, Ordering::Release);
             let shared = self.shared.clone();
             let t = std::thread::Builder::new().name("pit-timer".into());
-            self.thread = Some(t.spawn(move || shared.run())?);
+            self.thread = Some(t.spawn(move || {
+                crate::thread_start::started("pit-timer");
+                shared.run()
+            })?);
         }
         Ok(())
     }

@@ -46,9 +46,13 @@ impl WorkerThread {
         let theirs = stop
             .try_clone()
             .map_err(|e| ActivateError::Worker(e.to_string()))?;
+        let thread_name = name.to_string();
         let handle = thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || body(theirs))
+            .spawn(move || {
+                crate::thread_start::started(&thread_name);
+                body(theirs)
+            })
             .map_err(|e| ActivateError::Worker(e.to_string()))?;
         Ok(WorkerThread {
             stop,

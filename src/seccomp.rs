@@ -1,0 +1,401 @@
+//! seccomp-bpf allow-lists, one per kind of thread (docs/security.md).
+//!
+//! Each list is what that thread calls, derived from the code and checked
+//! with `strace -f -Y` over the micro-guests, Linux boots with virtio-blk
+//! and virtio-net over pci and mmio, `--trace-exits`, `--stats-interval`
+//! and `-- CMD`. A thread installs its list itself: a vCPU before its first
+//! KVM_RUN, a device thread before it handles guest data, the supervisor
+//! once every thread is started. Filters stack: a virtio worker is started
+//! by the vCPU that activates the device, so it runs under the vCPU's list
+//! and its own.
+//!
+//! `--seccomp kill` (the default) traps a call outside the list: a SIGSYS
+//! handler prints one line naming the thread and the system call number and
+//! ends the process with [`VIOLATION_STATUS`] (252 with `-- CMD`).
+//! `--seccomp log` lets the call through and the kernel logs it (audit,
+//! `dmesg | grep type=1326`); `off` installs nothing.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::OnceLock;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// `--seccomp`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Stop splitvm at the first call outside a thread's list.
+    #[default]
+    Kill,
+    /// Allow the call; the kernel logs it (to find a missing call).
+    Log,
+    /// No filters (debugging only).
+    Off,
+}
+
+/// The kinds of thread splitvm runs, each with its own list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    Vcpu,
+    /// virtio-blk / virtio-net queue workers.
+    VirtioWorker,
+    /// The PIT's timer thread.
+    Timer,
+    /// The `--trace-exits` reader.
+    Tracer,
+    /// The main thread once the VM runs: supervision, reports, teardown.
+    Supervisor,
+}
+
+impl ThreadKind {
+    /// The kind of a device thread, by the name it gives itself.
+    pub fn of_thread(name: &str) -> Option<ThreadKind> {
+        match name {
+            "virtio-blk" | "virtio-net" => Some(ThreadKind::VirtioWorker),
+            "pit-timer" => Some(ThreadKind::Timer),
+            "trace" => Some(ThreadKind::Tracer),
+            n if n.starts_with("vcpu") => Some(ThreadKind::Vcpu),
+            _ => None,
+        }
+    }
+}
+
+/// Exit status of `splitvm run` after a call outside an allow-list.
+pub const VIOLATION_STATUS: i32 = 12;
+/// The same with `-- CMD` (where 12 could be the command's status).
+pub const VIOLATION_STATUS_COMMAND: i32 = 252;
+
+static STATUS: AtomicI32 = AtomicI32::new(VIOLATION_STATUS);
+
+thread_local! {
+    /// This thread's name, kept for the SIGSYS handler (which may not
+    /// allocate or make calls outside the lists).
+    static NAME: Cell<[u8; 16]> = const { Cell::new([0; 16]) };
+}
+
+// Every thread: memory, locks, signals, time, its own exit, logging.
+const BASE: &[i64] = &[
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_close,
+    libc::SYS_futex,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_sigaltstack,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_brk,
+    libc::SYS_getrandom,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_prctl,
+    // A thread started under this list installs its own (stacked) list.
+    libc::SYS_seccomp,
+];
+
+// Starting a thread (vCPUs start virtio workers on device activation).
+const THREADS: &[i64] = &[
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+];
+
+// The virtio workers' I/O: epoll on eventfds, disk files, TAP devices.
+const WORKER_IO: &[i64] = &[
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_fdatasync,
+    libc::SYS_fsync,
+    libc::SYS_lseek,
+    // try_clone of an eventfd (F_DUPFD_CLOEXEC).
+    libc::SYS_fcntl,
+];
+
+// The vCPU's device handlers: eventfds for irqfds and ioeventfds.
+const VCPU_EXTRA: &[i64] = &[libc::SYS_eventfd2, libc::SYS_fcntl];
+
+// The supervisor: KVM statistics, report files, tracefs, kicking vCPUs.
+const SUPERVISOR_EXTRA: &[i64] = &[
+    libc::SYS_pread64,
+    libc::SYS_openat,
+    libc::SYS_newfstatat,
+    libc::SYS_fstat,
+    libc::SYS_statx,
+    libc::SYS_lseek,
+    libc::SYS_fcntl,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_mkdir,
+    libc::SYS_rmdir,
+    libc::SYS_getdents64,
+    libc::SYS_getcwd,
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
+    libc::SYS_tgkill,
+    libc::SYS_fsync,
+];
+
+// ioctl request numbers (linux/kvm.h, asm-generic/ioctls.h).
+const KVM_RUN: u64 = 0xae80;
+const KVM_IRQ_LINE: u64 = 0x4008_ae61;
+const KVM_SET_GSI_ROUTING: u64 = 0x4008_ae6a;
+const KVM_IRQFD: u64 = 0x4020_ae76;
+const KVM_IOEVENTFD: u64 = 0x4040_ae79;
+const KVM_SIGNAL_MSI: u64 = 0x4020_aea5;
+const KVM_GET_REGS: u64 = 0x8090_ae81;
+const KVM_GET_SREGS: u64 = 0x8138_ae83;
+const KVM_TRANSLATE: u64 = 0xc018_ae85;
+const TCGETS: u64 = 0x5401;
+
+/// The ioctls each kind may make (none for the others).
+fn ioctls(kind: ThreadKind) -> &'static [u64] {
+    match kind {
+        // KVM_RUN; interrupt delivery and routing by the devices it runs;
+        // irqfd/ioeventfd changes on device (de)activation; the registers
+        // read to describe a stop (KVM_GET_REGS/SREGS, KVM_TRANSLATE).
+        ThreadKind::Vcpu => &[
+            KVM_RUN,
+            KVM_IRQ_LINE,
+            KVM_SET_GSI_ROUTING,
+            KVM_IRQFD,
+            KVM_IOEVENTFD,
+            KVM_SIGNAL_MSI,
+            KVM_GET_REGS,
+            KVM_GET_SREGS,
+            KVM_TRANSLATE,
+        ],
+        // Interrupts raised by the PIT and by virtio-mmio devices' pins.
+        ThreadKind::Timer | ThreadKind::VirtioWorker => {
+            &[KVM_IRQ_LINE, KVM_SET_GSI_ROUTING, KVM_SIGNAL_MSI]
+        }
+        ThreadKind::Tracer => &[],
+        // Teardown unregisters irqfds/ioeventfds and routes; TCGETS is
+        // is_terminal() on stderr.
+        ThreadKind::Supervisor => &[KVM_IRQFD, KVM_IOEVENTFD, KVM_SET_GSI_ROUTING, TCGETS],
+    }
+}
+
+/// The system calls `kind` may make without conditions.
+pub fn allowed(kind: ThreadKind) -> Vec<i64> {
+    let mut v: Vec<i64> = BASE.to_vec();
+    match kind {
+        ThreadKind::Vcpu => {
+            v.extend_from_slice(THREADS);
+            v.extend_from_slice(VCPU_EXTRA);
+            v.extend_from_slice(WORKER_IO);
+        }
+        ThreadKind::VirtioWorker => v.extend_from_slice(WORKER_IO),
+        ThreadKind::Timer | ThreadKind::Tracer => {}
+        ThreadKind::Supervisor => {
+            v.extend_from_slice(THREADS);
+            v.extend_from_slice(SUPERVISOR_EXTRA);
+        }
+    }
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// The BPF program for `kind` in `mode` (None for `off`).
+pub fn program(kind: ThreadKind, mode: Mode) -> Result<Option<BpfProgram>, String> {
+    let mismatch = match mode {
+        Mode::Off => return Ok(None),
+        Mode::Kill => SeccompAction::Trap,
+        Mode::Log => SeccompAction::Log,
+    };
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = allowed(kind)
+        .into_iter()
+        .map(|nr| (nr, Vec::new()))
+        .collect();
+    let ioctl_rules = ioctls(kind)
+        .iter()
+        .map(|&req| {
+            SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, req)
+                .and_then(|c| SeccompRule::new(vec![c]))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    if !ioctl_rules.is_empty() {
+        rules.insert(libc::SYS_ioctl, ioctl_rules);
+    }
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
+    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch)
+        .map_err(|e| e.to_string())?;
+    BpfProgram::try_from(filter)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// Install `kind`'s list on the calling thread, named `name` in messages.
+pub fn install(kind: ThreadKind, mode: Mode, name: &str) -> Result<(), String> {
+    let mut n = [0u8; 16];
+    for (d, s) in n.iter_mut().zip(name.bytes().take(15)) {
+        *d = s;
+    }
+    NAME.with(|c| c.set(n));
+    match program(kind, mode)? {
+        Some(p) => seccompiler::apply_filter(&p)
+            .map_err(|e| format!("cannot install the seccomp filter of thread '{name}': {e}")),
+        None => Ok(()),
+    }
+}
+
+fn write_stderr(b: &[u8]) {
+    // SAFETY: write(2) from a buffer we own; allowed on every list.
+    unsafe { libc::write(2, b.as_ptr().cast(), b.len()) };
+}
+
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // siginfo for SIGSYS: si_call_addr (pointer) at 16, si_syscall (int) at 24.
+    // SAFETY: the kernel passes a valid siginfo_t for an SA_SIGINFO handler.
+    let nr = unsafe { *(info as *const u8).add(24).cast::<i32>() };
+    let name = NAME.with(|c| c.get());
+    let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(16)];
+    let mut num = [0u8; 12];
+    let mut i = num.len();
+    let mut v = nr.unsigned_abs();
+    loop {
+        i -= 1;
+        num[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    write_stderr(b"splitvm: seccomp: thread '");
+    write_stderr(name);
+    write_stderr(b"' made system call ");
+    write_stderr(&num[i..]);
+    write_stderr(b", which its allow-list does not include; stopping (docs/security.md)\n");
+    // SAFETY: exit_group(2); nothing else may run after a violation.
+    unsafe { libc::_exit(STATUS.load(Ordering::Relaxed)) };
+}
+
+/// Install the SIGSYS handler (process-wide) for `kill` mode.
+pub fn install_sigsys_handler(command_mode: bool) -> Result<(), String> {
+    STATUS.store(
+        if command_mode {
+            VIOLATION_STATUS_COMMAND
+        } else {
+            VIOLATION_STATUS
+        },
+        Ordering::Relaxed,
+    );
+    // SAFETY: a zeroed sigaction with a valid handler and SA_SIGINFO.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigsys as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+    }
+    Ok(())
+}
+
+static MODE: OnceLock<Mode> = OnceLock::new();
+
+/// Set up seccomp for this run: the SIGSYS handler, and the hook device
+/// threads (in the `devices` crate) call when they start.
+pub fn setup(mode: Mode, command_mode: bool) -> Result<(), String> {
+    let _ = MODE.set(mode);
+    if mode == Mode::Kill {
+        install_sigsys_handler(command_mode)?;
+    }
+    devices::thread_start::set_hook(Box::new(|name: &str| {
+        let mode = *MODE.get().unwrap_or(&Mode::Kill);
+        if let Some(kind) = ThreadKind::of_thread(name) {
+            if let Err(e) = install(kind, mode, name) {
+                // Running unconfined when confinement was asked for is not an option.
+                eprintln!("splitvm: {e}");
+                std::process::exit(2);
+            }
+        }
+    }));
+    Ok(())
+}
+
+/// The mode `setup` was given.
+pub fn mode() -> Mode {
+    *MODE.get().unwrap_or(&Mode::Off)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_thread_kind_compiles_to_a_program_in_kill_and_log_mode() {
+        for kind in [
+            ThreadKind::Vcpu,
+            ThreadKind::VirtioWorker,
+            ThreadKind::Timer,
+            ThreadKind::Tracer,
+            ThreadKind::Supervisor,
+        ] {
+            for mode in [Mode::Kill, Mode::Log] {
+                assert!(program(kind, mode).unwrap().is_some(), "{kind:?} {mode:?}");
+            }
+            assert!(program(kind, Mode::Off).unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn workers_may_not_start_processes_or_open_files_and_vcpus_may_not_open_files() {
+        for kind in [
+            ThreadKind::Vcpu,
+            ThreadKind::VirtioWorker,
+            ThreadKind::Timer,
+            ThreadKind::Tracer,
+        ] {
+            let a = allowed(kind);
+            for nr in [
+                libc::SYS_execve,
+                libc::SYS_openat,
+                libc::SYS_socket,
+                libc::SYS_ptrace,
+                libc::SYS_fork,
+            ] {
+                assert!(!a.contains(&nr), "{kind:?} allows {nr}");
+            }
+        }
+        assert!(!allowed(ThreadKind::Supervisor).contains(&libc::SYS_execve));
+    }
+
+    #[test]
+    fn thread_names_map_to_kinds() {
+        assert_eq!(ThreadKind::of_thread("vcpu3"), Some(ThreadKind::Vcpu));
+        assert_eq!(
+            ThreadKind::of_thread("virtio-net"),
+            Some(ThreadKind::VirtioWorker)
+        );
+        assert_eq!(ThreadKind::of_thread("pit-timer"), Some(ThreadKind::Timer));
+        assert_eq!(ThreadKind::of_thread("main"), None);
+    }
+}
