@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what splitvm's build and tests need on a fresh Debian 12 machine:
 # binutils (as/ld for the micro-guests), util-linux (unshare/setpriv for the
-# error tests), iproute2 (network namespaces for virtio-net tests), and the
+# error tests), iproute2 (network namespaces for virtio-net tests),
+# qemu-utils (qemu-storage-daemon: the failing-disk test's FUSE file), and the
 # rustfmt/clippy toolchain components. Idempotent; quiet when all is there.
 set -euo pipefail
 
 need=()
-for cmd_pkg in as:binutils ld:binutils unshare:util-linux setpriv:util-linux ip:iproute2; do
+for cmd_pkg in as:binutils ld:binutils unshare:util-linux setpriv:util-linux ip:iproute2 \
+    qemu-storage-daemon:qemu-utils; do
     command -v "${cmd_pkg%%:*}" >/dev/null 2>&1 || need+=("${cmd_pkg#*:}")
 done
 if ((${#need[@]})); then

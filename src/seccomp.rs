@@ -103,6 +103,8 @@ const BASE: &[i64] = &[
     libc::SYS_sched_yield,
     libc::SYS_sched_getaffinity,
     libc::SYS_prctl,
+    // F_GETFL/F_SETFL on its own descriptors; F_DUPFD_CLOEXEC (try_clone).
+    libc::SYS_fcntl,
     // A thread started under this list installs its own (stacked) list.
     libc::SYS_seccomp,
 ];
@@ -130,12 +132,10 @@ const WORKER_IO: &[i64] = &[
     libc::SYS_fdatasync,
     libc::SYS_fsync,
     libc::SYS_lseek,
-    // try_clone of an eventfd (F_DUPFD_CLOEXEC).
-    libc::SYS_fcntl,
 ];
 
 // The vCPU's device handlers: eventfds for irqfds and ioeventfds.
-const VCPU_EXTRA: &[i64] = &[libc::SYS_eventfd2, libc::SYS_fcntl];
+const VCPU_EXTRA: &[i64] = &[libc::SYS_eventfd2];
 
 // The supervisor: KVM statistics, report files, tracefs, kicking vCPUs.
 const SUPERVISOR_EXTRA: &[i64] = &[
@@ -145,7 +145,6 @@ const SUPERVISOR_EXTRA: &[i64] = &[
     libc::SYS_fstat,
     libc::SYS_statx,
     libc::SYS_lseek,
-    libc::SYS_fcntl,
     libc::SYS_rename,
     libc::SYS_renameat,
     libc::SYS_unlink,

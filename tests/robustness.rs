@@ -238,3 +238,51 @@ fn a_debug_exit_value_past_8_bits_is_said_and_kept_in_the_report() {
     let r: serde_json::Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
     assert!(r["exit_detail"].as_str().unwrap().contains("0x80"), "{r}");
 }
+
+#[test]
+fn a_system_call_outside_a_threads_allow_list_ends_the_vm_with_one_line_and_status_12() {
+    let g = raw_guest("seccomp", b"\x66\xba\xf4\x00\xb0\x00\xee\xf4");
+    // Waited for with a deadline: a hang must fail this test, not CI.
+    let err = tmpdir("seccomp-err").join("stderr");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_splitvm"))
+        .args([
+            "run",
+            "--kernel",
+            g.to_str().unwrap(),
+            "--kernel-format",
+            "raw",
+        ])
+        .args([
+            "--entry",
+            "0x100000",
+            "--test-devices",
+            "--fault-inject",
+            "seccomp-vcpu",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "splitvm did not end within 60 s after the seccomp violation"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let e = fs::read_to_string(&err).unwrap();
+    assert_eq!(status.code(), Some(12), "{e}");
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(
+        e.starts_with("splitvm: seccomp: thread 'vcpu0' made system call 110,"),
+        "{e}"
+    );
+    // With the filters off the same guest runs to its own status.
+    let o = run_raw(&g, &["--fault-inject", "seccomp-vcpu", "--seccomp", "off"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+}
