@@ -30,6 +30,8 @@
 #   LINUX=0        skip the Linux row of (a) (it needs the cached guest kernel + initramfs,
 #                  built by scripts/build-guest-kernel.sh / build-initramfs.sh if missing)
 #   KERNEL, INITRD use these instead of what those two scripts print
+#   SPLITVM_ARGS   extra arguments for every run, e.g. "--seccomp off" to
+#                  measure what the seccomp filters cost
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -73,7 +75,8 @@ cmdline=$(scripts/guest-cmdline.sh)
 printf '\xf4\xeb\xfd' >"$tmp/hlt.bin"
 
 export BENCH_TMP="$tmp" BENCH_RUNS="$runs" BENCH_BIN="$tmp/splitvm" BENCH_HELLO="$hello" \
-    BENCH_KERNEL="$kernel" BENCH_INITRD="$initrd" BENCH_CMDLINE="$cmdline" BENCH_RT="${RT:-0}"
+    BENCH_KERNEL="$kernel" BENCH_INITRD="$initrd" BENCH_CMDLINE="$cmdline" BENCH_RT="${RT:-0}" \
+    BENCH_EXTRA="${SPLITVM_ARGS:-}"
 python3 - <<'PY'
 import json, os, signal, statistics, subprocess, sys, time
 
@@ -100,7 +103,7 @@ def launch(args):
                 os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
             t = time.monotonic_ns()
             os.write(w, str(t).encode())
-            os.execv(binary, [binary] + args)
+            os.execv(binary, [binary] + args + os.environ.get("BENCH_EXTRA", "").split())
         finally:
             os._exit(127)
     os.close(w)

@@ -113,7 +113,7 @@ fn example_manifest_runs_in_parallel_with_summary_and_valid_junit() {
     // One case fails and one times out on purpose.
     assert_eq!(out.status.code(), Some(1), "stderr:\n{}", text(&out.stderr));
     assert!(
-        stdout.contains("6 cases in") && stdout.contains("4 pass, 1 fail, 1 timeout, 0 error"),
+        stdout.contains("7 cases in") && stdout.contains("5 pass, 1 fail, 1 timeout, 0 error"),
         "{stdout}"
     );
 
@@ -123,7 +123,7 @@ fn example_manifest_runs_in_parallel_with_summary_and_valid_junit() {
         .descendants()
         .find(|n| n.has_tag_name("testsuite"))
         .expect("a testsuite");
-    assert_eq!(suite.attribute("tests"), Some("6"));
+    assert_eq!(suite.attribute("tests"), Some("7"));
     assert_eq!(suite.attribute("failures"), Some("2"));
     assert_eq!(suite.attribute("errors"), Some("0"));
     let outcome = |name: &str| {
@@ -187,7 +187,7 @@ fn list(manifest: &Path, shard: Option<&str>) -> Vec<String> {
 fn shards_together_run_every_case_exactly_once() {
     let m = repo().join("examples/ci.toml");
     let all = list(&m, None);
-    assert_eq!(all.len(), 6);
+    assert_eq!(all.len(), 7);
     for n in 2..=3 {
         let mut seen = HashSet::new();
         for k in 1..=n {

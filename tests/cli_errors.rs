@@ -180,3 +180,94 @@ fn no_permission_on_dev_kvm_is_one_line() {
         "{err}"
     );
 }
+
+/// Random argument vectors (a fixed seed, so a failure reproduces) from a
+/// pool of hostile tokens: each ends in one line and status 2 (253 once
+/// `-- CMD` made it command mode), never a panic, a hang or a usage dump.
+/// The pool has no runnable kernel (and no --entry), so no VM ever starts.
+#[test]
+fn random_command_lines_always_end_in_one_line() {
+    const POOL: &[&str] = &[
+        "--kernel",
+        "/nonexistent",
+        "/",
+        "/dev/null",
+        "/dev/zero",
+        "Cargo.toml",
+        "--initrd",
+        "--cpus",
+        "0",
+        "65",
+        "99999999999",
+        "-1",
+        "--memory",
+        "12Q",
+        "1G",
+        "0",
+        "--timeout",
+        "inf",
+        "nan",
+        "1e300",
+        "--serial",
+        "tcp:1",
+        "file:",
+        "--disk",
+        ",readonly",
+        "--net",
+        "tap=",
+        "mac=zz",
+        "--add",
+        ":/x",
+        "--kernel-format",
+        "raw",
+        "elf",
+        "bzimage",
+        "--stats-interval",
+        "--stats-json",
+        "/proc/self/mem",
+        "--transport",
+        "usb",
+        "--cmdline",
+        "--log-level",
+        "loud",
+        "--seccomp",
+        "maybe",
+        "--disable-exits",
+        "everything",
+        "--shard",
+        "0/0",
+        "5/2",
+        "--jobs",
+        "--list",
+        "--",
+        "sh",
+        "\u{7f}\u{1}",
+        "",
+    ];
+    let mut x = 0x1234_5678_u32;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x as usize
+    };
+    for case in 0..300 {
+        let mut args: Vec<&str> = vec![if rnd() % 5 == 0 { "test" } else { "run" }];
+        for _ in 0..1 + rnd() % 8 {
+            args.push(POOL[rnd() % POOL.len()]);
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_splitvm"))
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run splitvm");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let code = out.status.code();
+        assert!(
+            matches!(code, Some(2) | Some(253)),
+            "case {case} {args:?}: status {code:?}, stderr: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "case {case} {args:?}: {err}");
+        assert!(!err.contains("panicked"), "case {case} {args:?}: {err}");
+    }
+}

@@ -822,6 +822,49 @@ mod tests {
         }
     }
 
+    /// Deterministic mutations of valid ELF and bzImage kernels (a few
+    /// bytes of the headers flipped, set to extremes, or the file cut):
+    /// loading returns Ok or an error, never panics.
+    #[test]
+    fn mutated_elf_and_bzimage_headers_never_panic_the_loader() {
+        let m = mem(64 * MIB);
+        let mut x = 0x2545_f491_u32;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        let bases = [
+            simple_elf(false),
+            simple_elf(true),
+            bzimage(bz_header(), 4096),
+        ];
+        let mut loaded = 0;
+        for i in 0..3000 {
+            let mut img = bases[i % bases.len()].clone();
+            let header_len = img.len().min(0x300);
+            for _ in 0..1 + rnd() % 6 {
+                let at = rnd() as usize % header_len;
+                img[at] = match rnd() % 4 {
+                    0 => 0,
+                    1 => 0xff,
+                    2 => img[at] ^ (1 << (rnd() % 8)),
+                    _ => rnd() as u8,
+                };
+            }
+            if rnd() % 8 == 0 {
+                let cut = rnd() as usize % img.len();
+                img.truncate(cut);
+            }
+            if load(&m, &img, Some(b"initrd"), "console=ttyS0", rnd() % 4 == 0).is_ok() {
+                loaded += 1;
+            }
+        }
+        // Some mutations leave a loadable kernel, most do not: both paths ran.
+        assert!(loaded > 0 && loaded < 3000, "{loaded} of 3000 loaded");
+    }
+
     #[test]
     fn detect_format_recognises_elf_and_bzimage_and_nothing_else() {
         assert_eq!(detect_format(&simple_elf(false)), Some(KernelFormat::Elf));

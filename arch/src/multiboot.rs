@@ -378,6 +378,55 @@ mod tests {
         }
     }
 
+    /// Deterministic mutations of a valid a.out-kludge image and header
+    /// fields set to random values: loading never panics.
+    #[test]
+    fn mutated_multiboot_headers_never_panic_the_loader() {
+        let m = mem();
+        let mut x = 0x9e37_79b9_u32;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        let mut loaded = 0;
+        for _ in 0..5000 {
+            let prefix = (rnd() % 16) * 4;
+            let fields: Vec<u32> = if rnd() % 4 == 0 {
+                // Consistent: header_addr - load_addr = the header's offset.
+                vec![0x10_0000 + prefix, 0x10_0000, 0, 0, 0x10_0000]
+            } else {
+                (0..5)
+                    .map(|_| match rnd() % 3 {
+                        0 => 0x10_0000 + (rnd() & 0xfff),
+                        1 => rnd(),
+                        _ => 0,
+                    })
+                    .collect()
+            };
+            let flags = if rnd() % 8 == 0 {
+                rnd()
+            } else {
+                FLAG_AOUT_KLUDGE
+            };
+            let mut img = vec![0u8; prefix as usize];
+            img.extend(header(flags, &fields));
+            img.extend(std::iter::repeat_n(0x90, (rnd() % 256) as usize));
+            if rnd() % 4 == 0 {
+                let at = rnd() as usize % img.len();
+                img[at] = rnd() as u8;
+            }
+            if load(&m, &img).is_ok() {
+                loaded += 1;
+            }
+        }
+        assert!(
+            loaded > 0,
+            "no mutation loaded: the generator is too hostile"
+        );
+    }
+
     #[test]
     fn image_without_header_is_refused() {
         assert!(matches!(
