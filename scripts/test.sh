@@ -23,4 +23,4 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test (unit, micro-guests, Linux boots)"
-cargo test --workspace -- --nocapture --test-threads=2 2>&1
+cargo test --workspace --no-fail-fast -- --nocapture --test-threads=2 2>&1
