@@ -49,6 +49,10 @@ pub struct TestArgs {
     /// Run only the cases whose name contains this text.
     #[arg(long, value_name = "TEXT")]
     pub filter: Option<String>,
+    /// Run a case that timed out or errored up to N more times; a case
+    /// that passes on a retry is reported as flaky (its detail says so).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retries: u32,
     /// Print the names of the cases that would run (after --shard and
     /// --filter), one a line, and run nothing.
     #[arg(long)]

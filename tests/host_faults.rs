@@ -15,8 +15,6 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use common::guest;
-
 fn tmpdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("splitvm-fault-{tag}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&d);
@@ -25,18 +23,7 @@ fn tmpdir(tag: &str) -> PathBuf {
 }
 
 fn splitvm_cmd(extra: &[String], cmd: &str) -> Command {
-    let (kernel, initrd) = guest();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_splitvm"));
-    c.arg("run")
-        .arg("--kernel")
-        .arg(kernel)
-        .arg("--initrd")
-        .arg(initrd)
-        .args(["--timeout", "600"])
-        .args(extra)
-        .args(["--", "sh", "-c", cmd])
-        .stdin(Stdio::null());
-    c
+    common::guest_command(extra, &["sh", "-c", cmd])
 }
 
 fn text(b: &[u8]) -> String {
@@ -58,27 +45,51 @@ fn virtio_counter(r: &serde_json::Value, device: &str, counter: &str) -> u64 {
         .unwrap()
 }
 
-/// Start splitvm and wait for `line` on its stdout (the guest's command).
-fn start_until(mut c: Command, line: &str) -> (Child, Vec<String>) {
+/// Start splitvm and wait for `line` on its stdout (the guest's command);
+/// the rest of stdout is collected by a thread whose handle is returned.
+fn start_until(mut c: Command, line: &str) -> (Child, std::thread::JoinHandle<String>) {
     let mut child = c
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut seen = Vec::new();
-    let out = child.stdout.take().unwrap();
-    for l in BufReader::new(out).lines() {
-        let l = l.unwrap();
-        seen.push(l.clone());
-        if l == line {
-            return (child, seen);
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut l = String::new();
+    while out.read_line(&mut l).unwrap_or(0) > 0 {
+        if l.trim_end() == line {
+            let rest = std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = std::io::Read::read_to_string(&mut out, &mut s);
+                s
+            });
+            return (child, rest);
         }
+        seen.push(std::mem::take(&mut l));
     }
     let o = child.wait_with_output().unwrap();
     panic!(
-        "'{line}' never came; stdout {seen:?}; stderr:\n{}",
+        "'{line}' never came; status {:?}; stdout {seen:?}; stderr:\n{}",
+        o.status.code(),
         text(&o.stderr)
     );
+}
+
+/// [`start_until`], run once more (loudly) if the first run timed out
+/// before printing `line` (docs/host-limits.md, idle guest never woken).
+fn start_until_retrying(
+    make: impl Fn() -> Command,
+    line: &str,
+) -> (Child, std::thread::JoinHandle<String>) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| start_until(make(), line))) {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+            assert!(msg.contains("status Some(124)"), "{msg}");
+            eprintln!("KNOWN OPEN PROBLEM (docs/host-limits.md, idle guest never woken): retrying once after: {msg}");
+            start_until(make(), line)
+        }
+    }
 }
 
 /// A FUSE file whose writes fail with EIO, served by qemu-storage-daemon.
@@ -177,21 +188,21 @@ fn eio_and_enospc_disks_give_the_guest_io_errors_and_splitvm_runs_on() {
     let eio = EioDisk::new(&dir);
     let full = FullDisk::new(&dir);
     let json = dir.join("r.json");
-    let o: Output = splitvm_cmd(
-        &[
-            "--disk".into(),
-            eio.file.display().to_string(),
-            "--disk".into(),
-            full.file.display().to_string(),
-            "--stats-json".into(),
-            json.display().to_string(),
-        ],
-        "dd if=/dev/zero of=/dev/vda bs=4096 count=1 oflag=direct; echo eio=$?; \
+    let o: Output = common::output_retrying_timeout(|| {
+        splitvm_cmd(
+            &[
+                "--disk".into(),
+                eio.file.display().to_string(),
+                "--disk".into(),
+                full.file.display().to_string(),
+                "--stats-json".into(),
+                json.display().to_string(),
+            ],
+            "dd if=/dev/zero of=/dev/vda bs=4096 count=1 oflag=direct; echo eio=$?; \
          dd if=/dev/zero of=/dev/vdb bs=65536 count=64 oflag=direct; echo enospc=$?; \
          dd if=/dev/vdb of=/dev/null bs=4096 count=1 iflag=direct; echo read=$?; echo alive",
-    )
-    .output()
-    .unwrap();
+        )
+    });
     let (stdout, stderr) = (text(&o.stdout), text(&o.stderr));
     eprintln!("guest stdout:\n{stdout}\nstderr:\n{stderr}");
     assert_eq!(o.status.code(), Some(0), "stderr:\n{stderr}");
@@ -202,7 +213,16 @@ fn eio_and_enospc_disks_give_the_guest_io_errors_and_splitvm_runs_on() {
         stdout.contains("read=0") && stdout.contains("alive"),
         "{stdout}"
     );
-    assert!(stderr.contains("I/O error"), "{stderr}");
+    assert!(stderr.contains("Input/output error"), "{stderr}");
+    // splitvm said what happened on the host, once per kind.
+    assert!(
+        stderr.contains("write failed: Input/output error"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("write failed: No space left on device"),
+        "{stderr}"
+    );
     let r = report(&json);
     assert!(virtio_counter(&r, "virtio-blk0", "io_errors") >= 1, "{r}");
     assert!(virtio_counter(&r, "virtio-blk1", "io_errors") >= 1, "{r}");
@@ -221,11 +241,13 @@ fn flushed_data_is_on_the_host_file_after_sigkill() {
     let dir = tmpdir("kill");
     let disk = dir.join("d.img");
     fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let (mut child, _) = start_until(
-        splitvm_cmd(
-            &["--disk".into(), disk.display().to_string()],
-            &format!("MARK=kill; {WRITE_MARKER}; echo flushed; sleep 1000"),
-        ),
+    let (mut child, _) = start_until_retrying(
+        || {
+            splitvm_cmd(
+                &["--disk".into(), disk.display().to_string()],
+                &format!("MARK=kill; {WRITE_MARKER}; echo flushed; sleep 1000"),
+            )
+        },
         "flushed",
     );
     child.kill().unwrap();
@@ -240,8 +262,9 @@ fn sigterm_during_heavy_io_writes_the_report_and_keeps_flushed_data() {
     let disk = dir.join("d.img");
     fs::write(&disk, vec![0u8; 8 << 20]).unwrap();
     let json = dir.join("r.json");
-    let (child, _) = start_until(
-        splitvm_cmd(
+    let (child, _) = start_until_retrying(
+        || {
+            splitvm_cmd(
             &[
                 "--disk".into(),
                 disk.display().to_string(),
@@ -252,7 +275,8 @@ fn sigterm_during_heavy_io_writes_the_report_and_keeps_flushed_data() {
                 "MARK=term; {WRITE_MARKER}; echo flushed; \
                  while :; do dd if=/dev/zero of=/dev/vda bs=65536 count=32 seek=1 oflag=direct 2>/dev/null; done"
             ),
-        ),
+        )
+        },
         "flushed",
     );
     std::thread::sleep(std::time::Duration::from_secs(2));
@@ -272,12 +296,12 @@ fn flushed_data_is_on_the_host_file_after_a_guest_panic() {
     let dir = tmpdir("panic");
     let disk = dir.join("d.img");
     fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let o = splitvm_cmd(
-        &["--disk".into(), disk.display().to_string()],
-        &format!("MARK=panic; {WRITE_MARKER}; echo c > /proc/sysrq-trigger"),
-    )
-    .output()
-    .unwrap();
+    let o = common::output_retrying_timeout(|| {
+        splitvm_cmd(
+            &["--disk".into(), disk.display().to_string()],
+            &format!("MARK=panic; {WRITE_MARKER}; echo c > /proc/sysrq-trigger"),
+        )
+    });
     assert_eq!(o.status.code(), Some(255), "stderr:\n{}", text(&o.stderr));
     assert!(marker_on_disk(&disk, "panic"));
     let _ = fs::remove_dir_all(&dir);
@@ -293,18 +317,20 @@ fn a_tap_deleted_under_a_running_vm_is_counted_and_the_vm_runs_on() {
     assert!(st.success(), "ip tuntap add (needs root)");
     let dir = tmpdir("tap");
     let json = dir.join("r.json");
-    let (child, _) = start_until(
-        splitvm_cmd(
-            &[
-                "--net".into(),
-                format!("tap={tap}"),
-                "--stats-json".into(),
-                json.display().to_string(),
-            ],
-            "ip addr add 10.77.0.2/24 dev eth0; ip link set eth0 up; echo up; \
+    let (child, rest) = start_until_retrying(
+        || {
+            splitvm_cmd(
+                &[
+                    "--net".into(),
+                    format!("tap={tap}"),
+                    "--stats-json".into(),
+                    json.display().to_string(),
+                ],
+                "ip addr add 10.77.0.2/24 dev eth0; ip link set eth0 up; echo up; \
              i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; \
              for i in 1 2 3; do echo x | nc -u 10.77.0.1 9; done; echo alive",
-        ),
+            )
+        },
         "up",
     );
     let st = Command::new("ip")
@@ -313,9 +339,9 @@ fn a_tap_deleted_under_a_running_vm_is_counted_and_the_vm_runs_on() {
         .unwrap();
     assert!(st.success());
     let o = child.wait_with_output().unwrap();
-    let stdout = text(&o.stdout);
+    let stdout = rest.join().unwrap();
     assert_eq!(o.status.code(), Some(0), "stderr:\n{}", text(&o.stderr));
-    assert!(stdout.contains("alive"), "{stdout}");
+    assert!(stdout.contains("alive"), "stdout after 'up': {stdout:?}");
     let r = report(&json);
     let errors = virtio_counter(&r, "virtio-net0", "tx_errors")
         + virtio_counter(&r, "virtio-net0", "rx_errors")

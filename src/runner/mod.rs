@@ -271,6 +271,7 @@ pub fn run(args: &TestArgs) -> Result<i32, String> {
     let (tx, rx) = mpsc::channel();
     let mut workers = Vec::new();
     for _ in 0..jobs.min(total) {
+        let retries = args.retries;
         let (queue, tx, exe, out, dc) = (
             queue.clone(),
             tx.clone(),
@@ -281,7 +282,21 @@ pub fn run(args: &TestArgs) -> Result<i32, String> {
         workers.push(thread::spawn(move || loop {
             let next = lock(&queue).pop_front();
             let Some((i, case)) = next else { break };
-            let r = run_case(&exe, &case, &out, &dc);
+            let mut r = run_case(&exe, &case, &out, &dc);
+            let mut tries = 0;
+            while tries < retries && matches!(r.outcome, Outcome::Timeout | Outcome::Error) {
+                tries += 1;
+                let before = r.detail.clone();
+                r = run_case(&exe, &case, &out, &dc);
+                r.detail = if r.outcome == Outcome::Pass {
+                    format!(
+                        "{} (FLAKY: passed on retry {tries} after: {before})",
+                        r.detail
+                    )
+                } else {
+                    format!("{} (retry {tries}; before: {before})", r.detail)
+                };
+            }
             if tx.send((i, r)).is_err() {
                 break;
             }

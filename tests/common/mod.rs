@@ -184,3 +184,37 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// `splitvm run` of the project's guest kernel and initramfs in command
+/// mode: `--timeout 300`, then `extra`, then `-- argv`, stdin closed.
+pub fn guest_command(extra: &[String], argv: &[&str]) -> Command {
+    let (kernel, initrd) = guest();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_splitvm"));
+    c.arg("run")
+        .arg("--kernel")
+        .arg(kernel)
+        .arg("--initrd")
+        .arg(initrd)
+        .args(["--timeout", "300"])
+        .args(extra)
+        .arg("--")
+        .args(argv)
+        .stdin(Stdio::null());
+    c
+}
+
+/// Run a command-mode splitvm made by `make`; if it timed out (124), say so
+/// loudly and run it once more: an idle guest that is never woken is an
+/// open problem on this host (docs/host-limits.md), not hidden.
+pub fn output_retrying_timeout(make: impl Fn() -> Command) -> std::process::Output {
+    let o = make().output().expect("run splitvm");
+    if o.status.code() == Some(124) {
+        eprintln!(
+            "KNOWN OPEN PROBLEM (docs/host-limits.md, idle guest never woken): the run timed out; \
+             retrying once. Its stderr:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        return make().output().expect("run splitvm");
+    }
+    o
+}
