@@ -9,14 +9,19 @@
 #     OUT_DIR     where failing runs' logs and the summary go (default
 #                 ./hostile-soak)
 # Two runs at a time (one per core); transports alternate mmio/pci.
+# SPLITVM=PATH uses that binary instead of building target/release/splitvm.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 secs=${1:-600}
 seed=${2:-1000}
 out=${3:-hostile-soak}
 mkdir -p "$out"
-cargo build --release --quiet
-bin=target/release/splitvm
+if [[ -n "${SPLITVM:-}" ]]; then
+    bin=$SPLITVM
+else
+    cargo build --release --quiet
+    bin=target/release/splitvm
+fi
 guest=target/micro-guests/hostile.elf
 [[ -f $guest ]] || { echo "soak-hostile: $guest missing" >&2; exit 1; }
 
