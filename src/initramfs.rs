@@ -146,8 +146,6 @@ fn add_path(cpio: &mut Cpio, host: &Path, guest: &str) -> Result<()> {
             host.display()
         )));
     }
-    // Keep the owner's bits only as a hint: everything is root's in the guest.
-    let _ = meta.uid();
     Ok(())
 }
 
