@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Build the splitvm guest kernel (an ELF vmlinux) from Debian's linux-source-6.1.
 #
+# Usage: build-guest-kernel.sh [VARIANT]
+#   no VARIANT: the MP-table kernel (ACPI off), the project's default guest;
+#   acpi:       the same kernel with ACPI on and the MP table parser off, as
+#               popular microVM kernel configs are (resources/guest/kernel.acpi.config
+#               is merged over kernel.config).
+#
 # Inputs (all in this repository):
 #   resources/guest/kernel.config      config fragment (merged over allnoconfig)
+#   resources/guest/kernel.VARIANT.config  the variant's fragment (merged last)
 #   resources/guest/patches/*.patch    the project's own patches, applied in order
 # Output: ${SPLITVM_CACHE:-$HOME/.cache/splitvm}/kernel-<hash>/vmlinux (+ System.map,
 # config, build.log), where <hash> covers the fragment, the patches, the kernel
@@ -37,6 +44,12 @@ cache_root=$(cache_root_outside "$repo_root")
 jobs="${SPLITVM_JOBS:-$(nproc)}"
 
 [[ -f "$fragment" ]] || die "missing $fragment"
+fragments=("$fragment")
+if [[ $# -gt 0 && -n "$1" ]]; then
+    [[ "$1" =~ ^[a-z0-9-]+$ ]] || die "bad variant name '$1'"
+    [[ -f "$guest_dir/kernel.$1.config" ]] || die "unknown variant '$1' (no $guest_dir/kernel.$1.config)"
+    fragments+=("$guest_dir/kernel.$1.config")
+fi
 
 
 ensure_packages "${PACKAGES[@]}"
@@ -51,7 +64,9 @@ hash=$(
     {
         printf 'script-version %s\nlinux-source-6.1 %s\n' "$SCRIPT_VERSION" "$src_version"
         # Only the settings count (editing comments does not force a rebuild).
-        printf 'fragment\n'; grep -E '^(CONFIG_|# CONFIG_[A-Za-z0-9_]+ is not set)' "$fragment"
+        for f in "${fragments[@]}"; do
+            printf 'fragment\n'; grep -E '^(CONFIG_|# CONFIG_[A-Za-z0-9_]+ is not set)' "$f"
+        done
         for p in "${patches[@]}"; do
             printf 'patch %s\n' "$(basename "$p")"; cat "$p"
         done
@@ -73,6 +88,15 @@ if [[ -f "$out/.done" && -f "$out/vmlinux" ]]; then
     printf '%s\n' "$out/vmlinux"
     exit 0
 fi
+
+# The fragments' setting lines, the last one of each option winning.
+merged_lines() {
+    awk '
+        /^CONFIG_[A-Za-z0-9_]+=/ { k = $0; sub(/=.*/, "", k); v[k] = $0; if (!(k in o)) { o[k] = ++n; ks[n] = k } }
+        /^# CONFIG_[A-Za-z0-9_]+ is not set$/ { k = $2; v[k] = $0; if (!(k in o)) { o[k] = ++n; ks[n] = k } }
+        END { for (i = 1; i <= n; i++) print v[ks[i]] }
+    ' "$@"
+}
 
 SECONDS=0
 src="$out/src"
@@ -98,13 +122,14 @@ export KBUILD_BUILD_TIMESTAMP="1970-01-01 00:00:00 UTC"
 mk() { make -C "$src" "${ARCH_MAKE[@]}" "$@" </dev/null >>"$buildlog" 2>&1; }
 
 if [[ ! -f "$src/.splitvm-configured" ]]; then
-    log "configuring (allnoconfig + $(basename "$fragment"))"
+    log "configuring (allnoconfig + ${fragments[*]##*/})"
     : >"$buildlog"
     mk allnoconfig || die "make allnoconfig failed (see $buildlog)"
-    (cd "$src" && scripts/kconfig/merge_config.sh -m .config "$fragment") \
+    (cd "$src" && scripts/kconfig/merge_config.sh -m .config "${fragments[@]}") \
         >>"$buildlog" 2>&1 || die "merge_config.sh failed (see $buildlog)"
     mk olddefconfig || die "make olddefconfig failed (see $buildlog)"
-    # Every option in the fragment must have survived Kconfig's dependency rules.
+    # Every option in the fragments must have survived Kconfig's dependency
+    # rules (a later fragment's line wins over an earlier one's).
     bad=0
     while IFS= read -r line; do
         if [[ "$line" =~ ^(CONFIG_[A-Za-z0-9_]+)=(.*)$ ]]; then
@@ -118,7 +143,7 @@ if [[ ! -f "$src/.splitvm-configured" ]]; then
                 bad=1
             fi
         fi
-    done <"$fragment"
+    done < <(merged_lines "${fragments[@]}")
     [[ $bad -eq 0 ]] || die "the config fragment does not hold after olddefconfig"
     touch "$src/.splitvm-configured"
 fi

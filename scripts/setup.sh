@@ -2,13 +2,14 @@
 # Installs what splitvm's build and tests need on a fresh Debian 12 machine:
 # binutils (as/ld for the micro-guests), util-linux (unshare/setpriv for the
 # error tests), iproute2 (network namespaces for virtio-net tests),
-# qemu-utils (qemu-storage-daemon: the failing-disk test's FUSE file), and the
+# qemu-utils (qemu-storage-daemon: the failing-disk test's FUSE file),
+# acpica-tools (iasl: the DSDT disassembly test), and the
 # rustfmt/clippy toolchain components. Idempotent; quiet when all is there.
 set -euo pipefail
 
 need=()
 for cmd_pkg in as:binutils ld:binutils unshare:util-linux setpriv:util-linux ip:iproute2 \
-    qemu-storage-daemon:qemu-utils; do
+    qemu-storage-daemon:qemu-utils iasl:acpica-tools; do
     command -v "${cmd_pkg%%:*}" >/dev/null 2>&1 || need+=("${cmd_pkg#*:}")
 done
 if ((${#need[@]})); then

@@ -114,6 +114,13 @@ pub struct RunArgs {
     /// docs/host-limits.md); a multiboot guest gets an empty one.
     #[arg(long, value_name = "STRING")]
     pub cmdline: Option<String>,
+    /// Do not write ACPI tables (RSDP, XSDT, FADT, DSDT, MADT, MCFG) for a
+    /// Linux guest; the ACPI power-management ports go away with them.
+    #[arg(long)]
+    pub no_acpi: bool,
+    /// Do not write the Intel MP table for a Linux guest.
+    #[arg(long)]
+    pub no_mptable: bool,
     /// Number of vCPUs (vCPU id = APIC ID).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: u32,

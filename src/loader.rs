@@ -6,7 +6,7 @@ use std::path::Path;
 
 use arch::layout::{self, BOOT_STACK_POINTER};
 use arch::regs::EntryMode;
-use arch::{linux, mptable, multiboot};
+use arch::{acpi, linux, mptable, multiboot};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::cli::{self, KernelFormat, RunArgs};
@@ -109,6 +109,12 @@ pub fn ioapic_mp_id(cpus: u32) -> u8 {
     cpus.min(254) as u8
 }
 
+/// The multiboot command line for `kernel` and `--cmdline`: the kernel path
+/// as given, a space, then the command line (QEMU's `"%s %s"`).
+pub fn multiboot_cmdline(kernel: &Path, cmdline: &str) -> String {
+    format!("{} {}", kernel.display(), cmdline)
+}
+
 /// Decide the format of `image` for `--kernel-format auto`.
 pub fn detect(image: &[u8]) -> Option<KernelFormat> {
     if multiboot::is_multiboot(image) {
@@ -143,6 +149,7 @@ pub fn load(
     cmdline: &str,
     mem: &GuestMemoryMmap,
     mem_size: u64,
+    acpi: Option<&acpi::AcpiConfig>,
 ) -> Result<(BootState, Protocol)> {
     // Detect from the first 8 KiB: a Linux kernel is then streamed into
     // guest memory by linux-loader, never read whole into our own heap
@@ -163,11 +170,15 @@ pub fn load(
                 _ => None,
             };
             let module_addr = (loaded.end + 0xfff) & !0xfff;
+            // The multiboot command line starts with the image's name, as
+            // QEMU and GRUB write it ("%s %s"): kvm-unit-tests and other
+            // multiboot programs take the first word as argv[0].
+            let mb_cmdline = multiboot_cmdline(&args.kernel, cmdline);
             let ebx = multiboot::write_info(
                 mem,
                 below_4g,
                 above_4g,
-                cmdline,
+                &mb_cmdline,
                 initrd.as_deref().map(|d| (d, module_addr)),
             )
             .map_err(|e| load_err(e.to_string()))?;
@@ -220,10 +231,19 @@ pub fn load(
             let mut kernel = open_regular("kernel", &args.kernel)?;
             let boot = linux::load_linux(mem, &mut kernel, initrd, cmdline, args.pvh)
                 .map_err(|e| load_err(e.to_string()))?;
-            // The MP table tells Linux about every CPU and the userspace
-            // I/O APIC (ISA IRQ 0 on pin 2, IRQ n on pin n).
-            mptable::setup_mptable(mem, args.cpus as u8, ioapic_mp_id(args.cpus))
-                .map_err(|e| load_err(format!("MP table: {e}")))?;
+            // The MP table and the ACPI tables describe the same machine:
+            // every CPU, the userspace I/O APIC (ISA IRQ 0 on pin 2, IRQ n on
+            // pin n); ACPI adds the PCI host bridge, the devices and power-off.
+            if !args.no_mptable {
+                mptable::setup_mptable(mem, args.cpus as u8, ioapic_mp_id(args.cpus))
+                    .map_err(|e| load_err(format!("MP table: {e}")))?;
+            }
+            if let Some(cfg) = acpi {
+                let rsdp = acpi::setup_acpi(mem, cfg)
+                    .map_err(|e| load_err(format!("ACPI tables: {e}")))?;
+                linux::set_rsdp(mem, &boot, rsdp)
+                    .map_err(|e| load_err(format!("ACPI RSDP: {e}")))?;
+            }
             Ok((
                 BootState {
                     entry: boot.entry,
@@ -243,6 +263,15 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn multiboot_cmdline_is_the_image_path_then_the_command_line() {
+        assert_eq!(
+            multiboot_cmdline(Path::new("x86/vmexit.flat"), "ipi"),
+            "x86/vmexit.flat ipi"
+        );
+        assert_eq!(multiboot_cmdline(Path::new("/k.elf"), ""), "/k.elf ");
+    }
 
     #[test]
     fn detect_recognises_elf_bzimage_and_garbage() {

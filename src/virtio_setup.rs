@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use vm_memory::GuestMemoryMmap;
 
-use arch::layout::{PCI_MMIO_END, PCI_MMIO_START};
+use arch::layout::VIRTIO_MMIO_START;
 use devices::interrupt::{lock, EventRegistry, GsiAllocator, KVM_MAX_IRQ_ROUTES};
 use devices::ioapic::IoApic;
 use devices::pci::{MsixConfig, PciDevice, PciSegment};
@@ -30,11 +30,14 @@ use crate::cli::Transport;
 use crate::error::{Error, Result};
 use crate::sources::{MsiVectorCounters, MsiVectorSnapshot, SourceRegistry};
 
-/// First virtio-mmio window and pin. Pins 5..=15 are ISA IRQs in the MP
-/// table (edge, active high), which Linux maps one to one.
-pub const MMIO_BASE: u64 = 0xd000_0000;
-pub const MMIO_FIRST_PIN: u32 = 5;
-pub const MMIO_LAST_PIN: u32 = 15;
+/// I/O APIC pins of virtio-mmio devices, in order: ISA IRQs in the MP table
+/// and the MADT (edge, active high), which Linux maps one to one; pin 9 is
+/// left out, it is the ACPI SCI (level).
+pub const MMIO_PINS: [u32; 10] = [5, 6, 7, 8, 10, 11, 12, 13, 14, 15];
+const _: () = assert!(MMIO_SIZE == arch::layout::VIRTIO_MMIO_SIZE);
+const _: () = assert!(
+    VIRTIO_MMIO_START + MMIO_SIZE * MMIO_PINS.len() as u64 <= arch::layout::VIRTIO_MMIO_END
+);
 
 enum Handle {
     Pci(Arc<Mutex<VirtioPciDevice>>),
@@ -52,6 +55,8 @@ struct Attached {
 pub struct VirtioSetup {
     /// Appended to the guest command line (virtio-mmio announcements).
     pub cmdline: String,
+    /// virtio-mmio windows and their pins, for the ACPI DSDT.
+    pub mmio_windows: Vec<arch::acpi::VirtioMmio>,
     devices: Vec<Attached>,
 }
 
@@ -145,6 +150,8 @@ pub struct Wiring<'a> {
     pub pio: &'a mut Bus,
     pub mmio: &'a mut Bus,
     pub sources: &'a mut SourceRegistry,
+    /// PCI segment 0 (always present, with its host bridge).
+    pub pci: &'a Arc<PciSegment>,
 }
 
 /// Create the devices named by `disks` and `nets` on `transport`.
@@ -169,7 +176,7 @@ pub fn attach(
     match transport {
         Transport::Pci => {
             let gsis = GsiAllocator::shared(KVM_MAX_IRQ_ROUTES);
-            let pci = PciSegment::new(PCI_MMIO_START, PCI_MMIO_END);
+            let pci = w.pci;
             for (name, dev) in devs {
                 // Route updates go through the source's counting wrapper;
                 // deliveries go through irqfds, so the MSI-X counters of the
@@ -196,19 +203,21 @@ pub fn attach(
                     handle: Handle::Pci(d),
                 });
             }
-            pci.attach(w.pio, w.mmio, Some(w.control.clone()))
-                .map_err(|e| setup_err("PCI bus")(e.to_string()))?;
         }
         Transport::Mmio => {
             for (i, (name, dev)) in devs.into_iter().enumerate() {
-                let pin = MMIO_FIRST_PIN + i as u32;
-                if pin > MMIO_LAST_PIN {
+                let Some(&pin) = MMIO_PINS.get(i) else {
                     return Err(Error::DeviceSpec(format!(
                         "at most {} virtio-mmio devices",
-                        MMIO_LAST_PIN - MMIO_FIRST_PIN + 1
+                        MMIO_PINS.len()
                     )));
-                }
-                let base = MMIO_BASE + MMIO_SIZE * i as u64;
+                };
+                let base = VIRTIO_MMIO_START + MMIO_SIZE * i as u64;
+                setup.mmio_windows.push(arch::acpi::VirtioMmio {
+                    base,
+                    size: MMIO_SIZE,
+                    gsi: pin,
+                });
                 let t = MmioTransport::new(dev, w.mem.clone(), base, pin, w.events.clone())
                     .map_err(|e| setup_err("virtio-mmio")(e.to_string()))?;
                 setup.cmdline.push(' ');

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
+use arch::acpi;
 use arch::cpuid::CpuidConfig;
-use arch::layout::MIN_MEMORY;
+use arch::layout::{MIN_MEMORY, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO_END, PCI_MMIO_START};
+use devices::acpi_pm::AcpiPm;
 use devices::channel::{
     Channel, ControlPort, CountingSink, COM2_BASE, COM2_PIN, COM3_BASE, COM3_PIN, COM4_BASE,
     COM4_PIN,
@@ -19,6 +21,7 @@ use devices::channel::{
 use devices::interrupt::lock;
 use devices::ioapic::{IoApic, IOAPIC_BASE, IOAPIC_SIZE};
 use devices::legacy::{QuietPorts, I8042, QUIET_PORTS};
+use devices::pci::PciSegment;
 use devices::pit::{Pit, PIT_BASE, PIT_IRQ_PIN, PIT_LEN, PORT61};
 use devices::serial::{PanicWatch, SerialDevice, SerialOutput, COM1_BASE, COM1_PIN};
 use devices::testdev::{self, DebugExit, IrqLines, MsiTestPort, Scratch};
@@ -193,6 +196,28 @@ pub fn default_linux_cmdline(host: &host::HostReport) -> String {
     c
 }
 
+/// The serial ports splitvm creates, for the DSDT: COM1 (the console), and
+/// COM2-COM4 (the command channel) in command mode.
+fn serial_ports(command_mode: bool) -> Vec<acpi::SerialPort> {
+    let mut v = vec![acpi::SerialPort {
+        base: COM1_BASE as u16,
+        irq: COM1_PIN as u8,
+    }];
+    if command_mode {
+        for (base, pin) in [
+            (COM2_BASE, COM2_PIN),
+            (COM3_BASE, COM3_PIN),
+            (COM4_BASE, COM4_PIN),
+        ] {
+            v.push(acpi::SerialPort {
+                base: base as u16,
+                irq: pin as u8,
+            });
+        }
+    }
+    v
+}
+
 /// Tell the project's /init to hand over to the splitvm agent (docs/ci-runner.md).
 pub const AGENT_CMDLINE: &str = "splitvm.agent=1";
 
@@ -364,6 +389,25 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     mmio.insert("ioapic", IOAPIC_BASE, IOAPIC_SIZE, ioapic_dev)
         .map_err(io_setup("ioapic"))?;
 
+    // PCI segment 0 with its host bridge, always there (as on a PC): config
+    // mechanism #1 at 0xCF8 (with the 0xCF9 reset register), the BAR window
+    // and ECAM.
+    let pci = PciSegment::new(PCI_MMIO_START, PCI_MMIO_END);
+    // ACPI fixed hardware (PM1a blocks, PM timer) when the guest gets ACPI
+    // tables that name it (Linux guests; see loader::load).
+    let format = loader::format_of(args)?;
+    let linux = matches!(format, KernelFormat::Elf | KernelFormat::Bzimage);
+    let acpi_on = linux && !args.no_acpi;
+    if acpi_on {
+        pio.insert(
+            "acpi-pm",
+            acpi::PM_BASE.into(),
+            acpi::PM_LEN.into(),
+            dev(AcpiPm::new(control.clone(), acpi::S5_SLP_TYP)),
+        )
+        .map_err(io_setup("acpi-pm"))?;
+    }
+
     // Virtio devices (--disk, --net) on --transport pci|mmio.
     let events: Arc<dyn EventRegistry> = router.clone();
     let virtio = virtio_setup::attach(
@@ -379,10 +423,16 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             pio: &mut pio,
             mmio: &mut mmio,
             sources: &mut sources,
+            pci: &pci,
         },
     )?;
-    let format = loader::format_of(args)?;
-    let linux = matches!(format, KernelFormat::Elf | KernelFormat::Bzimage);
+    pci.attach_with_ecam(
+        &mut pio,
+        &mut mmio,
+        Some(control.clone()),
+        Some((PCI_ECAM_START, PCI_ECAM_SIZE)),
+    )
+    .map_err(io_setup("PCI bus"))?;
     let mut cmdline = match &args.cmdline {
         Some(c) => c.clone(),
         None if linux => default_linux_cmdline(&host_report),
@@ -406,7 +456,22 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         None => None,
     };
 
-    let (boot, _protocol) = loader::load(args, initrd.as_mut(), cmdline.trim(), &mem, mem_size)?;
+    let acpi_cfg = acpi_on.then(|| acpi::AcpiConfig {
+        num_cpus: args.cpus,
+        ioapic_id: loader::ioapic_mp_id(args.cpus),
+        pci_mmio: (PCI_MMIO_START, PCI_MMIO_END),
+        ecam: (PCI_ECAM_START, PCI_ECAM_SIZE),
+        serial: serial_ports(channel.is_some()),
+        virtio_mmio: virtio.mmio_windows.clone(),
+    });
+    let (boot, _protocol) = loader::load(
+        args,
+        initrd.as_mut(),
+        cmdline.trim(),
+        &mem,
+        mem_size,
+        acpi_cfg.as_ref(),
+    )?;
     drop(initrd);
 
     // vCPUs: all created before any runs.

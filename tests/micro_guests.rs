@@ -116,6 +116,11 @@ impl GuestRun {
 /// Runs `name` with `cpus` vCPUs and the test devices; fails unless the
 /// guest passed (exit status 1) and splitvm wrote a sane stats file.
 fn run_guest(name: &str, cpus: u32) -> GuestRun {
+    run_guest_with(name, cpus, &[])
+}
+
+/// [`run_guest`] with more `splitvm run` arguments.
+fn run_guest_with(name: &str, cpus: u32, extra: &[&str]) -> GuestRun {
     require_kvm();
     let kernel = guest_path(name);
     assert!(
@@ -141,6 +146,7 @@ fn run_guest(name: &str, cpus: u32) -> GuestRun {
         .arg(format!("file:{}", serial_path.display()))
         .arg("--stats-json")
         .arg(&stats_path)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -414,4 +420,15 @@ impl JsonExt for Json {
             .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default()
     }
+}
+
+#[test]
+fn multiboot_cmdline_starts_with_the_image_path_as_qemu_writes_it() {
+    let run = run_guest_with("cmdline", 1, &["--cmdline", "a b"]);
+    let want = format!("cmdline: [{} a b]", guest_path("cmdline").display());
+    assert!(
+        run.serial.lines().any(|l| l.trim_end() == want),
+        "expected the line '{want}'\n{}",
+        run.context()
+    );
 }

@@ -1,6 +1,7 @@
 //! x86_64 guest setup for splitvm: memory layout, CPUID, boot registers,
 //! descriptor tables and page tables, and the boot protocols.
 
+pub mod acpi;
 pub mod cpuid;
 pub mod gdt;
 pub mod layout;

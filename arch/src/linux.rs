@@ -62,7 +62,7 @@ use vm_memory::{
 
 use crate::layout::{
     CMDLINE_ADDR, CMDLINE_MAX_SIZE, HIGH_MEMORY_START, MMIO_HOLE_END, MMIO_HOLE_START,
-    MPTABLE_START, ZERO_PAGE_ADDR,
+    MPTABLE_START, PCI_ECAM_SIZE, PCI_ECAM_START, ZERO_PAGE_ADDR,
 };
 use crate::regs::EntryMode;
 
@@ -589,7 +589,29 @@ pub fn e820_map(ram: &[(u64, u64)]) -> Vec<E820Entry> {
         );
         add(start.max(MMIO_HOLE_END), end, E820_RAM);
     }
+    // The ECAM window is reserved (Linux accepts an MCFG window only if the
+    // firmware reserved it); it sits in the MMIO hole, between the RAM below
+    // and above it.
+    let ecam = E820Entry {
+        addr: PCI_ECAM_START,
+        size: PCI_ECAM_SIZE,
+        kind: E820_RESERVED,
+    };
+    let at = out.partition_point(|e| e.addr < ecam.addr);
+    out.insert(at, ecam);
     out
+}
+
+/// Tell the kernel where the ACPI RSDP is: `acpi_rsdp_addr` in the zero page
+/// (64-bit boot protocol) or `rsdp_paddr` in the PVH start info.
+pub fn set_rsdp(mem: &GuestMemoryMmap, boot: &LinuxBoot, rsdp: u64) -> Result<(), LinuxError> {
+    let offset = if boot.rbx != 0 {
+        std::mem::offset_of!(hvm_start_info, rsdp_paddr)
+    } else {
+        std::mem::offset_of!(boot_params, acpi_rsdp_addr)
+    };
+    mem.write_obj(rsdp, GuestAddress(ZERO_PAGE_ADDR + offset as u64))?;
+    Ok(())
 }
 
 fn zero_page(
@@ -939,6 +961,7 @@ mod tests {
                 e(0, 0x9_fc00, E820_RAM),
                 e(0x9_fc00, 0x10_0000, E820_RESERVED),
                 e(0x10_0000, 128 * MIB, E820_RAM),
+                e(0xE000_0000, 0xE010_0000, E820_RESERVED),
             ]
         );
     }
@@ -951,6 +974,7 @@ mod tests {
                 e(0, 0x9_fc00, E820_RAM),
                 e(0x9_fc00, 0x10_0000, E820_RESERVED),
                 e(0x10_0000, 0xC000_0000, E820_RAM),
+                e(0xE000_0000, 0xE010_0000, E820_RESERVED),
                 e(0x1_0000_0000, 0x1_4000_0000, E820_RAM),
             ]
         );

@@ -257,9 +257,10 @@ fn build_config_table(num_cpus: u8, ioapic_id: u8, pci_irqs: &[PciIrq]) -> Vec<u
     };
     // ISA IRQ 0 (the PIT) is wired to pin 2; IRQ 2 is the 8259 cascade and
     // has no entry; every other ISA IRQ n goes to pin n.
-    for irq in (0u8..16).filter(|&i| i != 2) {
-        let pin = if irq == 0 { 2 } else { irq };
-        push(&io_int(ISA_BUS_ID, irq, pin));
+    for irq in 0u8..16 {
+        if let Some(pin) = crate::layout::isa_irq_pin(irq) {
+            push(&io_int(ISA_BUS_ID, irq, pin));
+        }
     }
     for p in pci_irqs {
         push(&io_int(PCI_BUS_ID, (p.device << 2) | p.pin, p.ioapic_pin));

@@ -4,6 +4,7 @@
 //! Devices never panic on guest-controlled input: out-of-range accesses are
 //! ignored on write and read as all-ones (or zero where hardware does so).
 
+pub mod acpi_pm;
 pub mod bus;
 pub mod channel;
 pub mod control;

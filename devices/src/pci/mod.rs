@@ -40,8 +40,8 @@ pub use config::{
 pub use msi::MsiConfig;
 pub use msix::{MsixConfig, MsixStats, MsixVector, MSIX_MAX_VECTORS, MSIX_TABLE_ENTRY_SIZE};
 pub use segment::{
-    BarRoute, HostBridge, PciConfigIo, PciMmioWindow, PciSegment, PciStats, HOST_BRIDGE_DEVICE_ID,
-    HOST_BRIDGE_VENDOR_ID, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN,
+    BarRoute, HostBridge, PciConfigIo, PciEcam, PciMmioWindow, PciSegment, PciStats,
+    HOST_BRIDGE_DEVICE_ID, HOST_BRIDGE_VENDOR_ID, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN,
 };
 pub use vector::{msi_message_valid, VectorReport, VectorStats};
 

@@ -352,6 +352,29 @@ impl PciSegment {
         mmio: &mut Bus,
         reset: Option<Arc<VmControl>>,
     ) -> Result<(), BusError> {
+        self.attach_with_ecam(pio, mmio, reset, None)
+    }
+
+    /// [`attach`](Self::attach), plus the ECAM window `(base, size)` of bus 0
+    /// on `mmio` as "pci-ecam" (PCI Express enhanced configuration access,
+    /// [`PciEcam`]).
+    pub fn attach_with_ecam(
+        self: &Arc<Self>,
+        pio: &mut Bus,
+        mmio: &mut Bus,
+        reset: Option<Arc<VmControl>>,
+        ecam: Option<(u64, u64)>,
+    ) -> Result<(), BusError> {
+        if let Some((base, size)) = ecam {
+            mmio.insert(
+                "pci-ecam",
+                base,
+                size,
+                Arc::new(Mutex::new(PciEcam {
+                    segment: self.clone(),
+                })),
+            )?;
+        }
         let mut io = self.config_io();
         if let Some(c) = reset {
             io = io.with_reset(c);
@@ -492,6 +515,56 @@ impl PciSegment {
                     format_args!("{len}-byte access at {addr:#x} hits no BAR"),
                 );
                 None
+            }
+        }
+    }
+}
+
+/// ECAM (PCI Express enhanced configuration access): the 4 KiB
+/// configuration space of bus/device/function at offset
+/// `bus << 20 | device << 15 | function << 12`. The first 256 bytes are the
+/// same registers mechanism #1 reaches; the extended space (0x100..0x1000)
+/// of a present function reads as zero (no extended capabilities) and
+/// ignores writes; an absent function reads all-ones. Accesses must be 1, 2
+/// or 4 bytes at their natural alignment; others are ignored (all-ones).
+pub struct PciEcam {
+    segment: Arc<PciSegment>,
+}
+
+impl PciEcam {
+    fn decode(offset: u64, len: usize) -> Option<(u8, u8, u8, usize)> {
+        let ok = matches!(len, 1 | 2 | 4) && offset.is_multiple_of(len as u64) && offset < 1 << 28;
+        ok.then_some((
+            (offset >> 20) as u8,
+            ((offset >> 15) & 0x1f) as u8,
+            ((offset >> 12) & 7) as u8,
+            (offset & 0xfff) as usize,
+        ))
+    }
+}
+
+impl BusDevice for PciEcam {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+        let Some((bus, dev, func, reg)) = Self::decode(offset, data.len()) else {
+            return;
+        };
+        let v = self.segment.config_read(bus, dev, func, reg.min(0xff) >> 2);
+        if reg >= 0x100 {
+            if v != u32::MAX {
+                data.fill(0);
+            }
+            return;
+        }
+        let k = reg & 3;
+        data.copy_from_slice(&v.to_le_bytes()[k..k + data.len()]);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let Some((bus, dev, func, reg)) = Self::decode(offset, data.len()) {
+            if reg < 0x100 {
+                self.segment
+                    .config_write(bus, dev, func, reg >> 2, reg & 3, data);
             }
         }
     }
@@ -920,6 +993,36 @@ mod tests {
         assert_eq!(b[0], 0x02);
         assert!(mmio.read(END, &mut b).is_none(), "the I/O APIC stays free");
         assert!(mmio.read(START - 1, &mut b).is_none());
+    }
+
+    #[test]
+    fn ecam_reaches_the_same_registers_as_config_ports() {
+        let (seg, _, mut io) = setup(&[0x1000]);
+        let (mut pio, mut mmio) = (Bus::new(), Bus::new());
+        const ECAM: u64 = END + 0x10_0000;
+        seg.attach_with_ecam(&mut pio, &mut mmio, None, Some((ECAM, 1 << 20)))
+            .unwrap();
+        let dev1 = ECAM + (1 << 15);
+        let mut d = [0u8; 4];
+        mmio.read(dev1, &mut d).unwrap();
+        assert_eq!(u32::from_le_bytes(d), cfg_read(&mut io, 1, 0));
+        let mut w = [0u8; 2];
+        mmio.read(dev1 + 2, &mut w).unwrap();
+        assert_eq!(u16::from_le_bytes(w) as u32, cfg_read(&mut io, 1, 0) >> 16);
+        // The host bridge at 00:00.0 is always there.
+        mmio.read(ECAM, &mut d).unwrap();
+        assert_eq!(d, cfg_read(&mut io, 0, 0).to_le_bytes());
+        // Extended space: zero for a present function, all-ones otherwise.
+        mmio.read(dev1 + 0x100, &mut d).unwrap();
+        assert_eq!(d, [0; 4]);
+        mmio.read(ECAM + (9 << 15) + 0x100, &mut d).unwrap();
+        assert_eq!(d, [0xff; 4]);
+        mmio.read(ECAM + (9 << 15), &mut d).unwrap();
+        assert_eq!(d, [0xff; 4], "absent device");
+        // A misaligned access is ignored and reads all-ones.
+        mmio.read(dev1 + 1, &mut w).unwrap();
+        assert_eq!(w, [0xff; 2]);
+        mmio.write(dev1 + 0x100, &[1, 2, 3, 4]).unwrap();
     }
 
     #[test]
