@@ -169,6 +169,7 @@ const KVM_SIGNAL_MSI: u64 = 0x4020_aea5;
 const KVM_GET_REGS: u64 = 0x8090_ae81;
 const KVM_GET_SREGS: u64 = 0x8138_ae83;
 const KVM_TRANSLATE: u64 = 0xc018_ae85;
+const KVM_INTERRUPT: u64 = 0x4004_ae86;
 const TCGETS: u64 = 0x5401;
 
 /// The ioctls each kind may make (none for the others).
@@ -179,6 +180,7 @@ fn ioctls(kind: ThreadKind) -> &'static [u64] {
         // read to describe a stop (KVM_GET_REGS/SREGS, KVM_TRANSLATE).
         ThreadKind::Vcpu => &[
             KVM_RUN,
+            KVM_INTERRUPT,
             KVM_IRQ_LINE,
             KVM_SET_GSI_ROUTING,
             KVM_IRQFD,
@@ -241,6 +243,23 @@ pub fn program(kind: ThreadKind, mode: Mode) -> Result<Option<BpfProgram>, Strin
         .map_err(|e| e.to_string())?;
     if !ioctl_rules.is_empty() {
         rules.insert(libc::SYS_ioctl, ioctl_rules);
+    }
+    // Threads that raise ISA interrupt lines kick vCPU 0 when the 8259's
+    // output rises: tgkill, only to this process and only the kick signal.
+    if matches!(
+        kind,
+        ThreadKind::Vcpu | ThreadKind::Timer | ThreadKind::VirtioWorker
+    ) {
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() } as u64;
+        let kick = vmm_sys_util::signal::SIGRTMIN() as u64;
+        let rule = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, pid)
+            .and_then(|a| {
+                SeccompCondition::new(2, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, kick)
+                    .and_then(|b| SeccompRule::new(vec![a, b]))
+            })
+            .map_err(|e| e.to_string())?;
+        rules.insert(libc::SYS_tgkill, vec![rule]);
     }
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
     let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch)

@@ -30,6 +30,7 @@ pub enum ExitKind {
     Mmio,
     IoapicEoi,
     Hlt,
+    IrqWindow,
     Intr,
     Shutdown,
     SystemEvent,
@@ -39,11 +40,12 @@ pub enum ExitKind {
     Other,
 }
 
-pub const EXIT_KINDS: [ExitKind; 11] = [
+pub const EXIT_KINDS: [ExitKind; 12] = [
     ExitKind::Io,
     ExitKind::Mmio,
     ExitKind::IoapicEoi,
     ExitKind::Hlt,
+    ExitKind::IrqWindow,
     ExitKind::Intr,
     ExitKind::Shutdown,
     ExitKind::SystemEvent,
@@ -60,6 +62,7 @@ impl ExitKind {
             ExitKind::Mmio => "mmio",
             ExitKind::IoapicEoi => "ioapic_eoi",
             ExitKind::Hlt => "hlt",
+            ExitKind::IrqWindow => "irq_window",
             ExitKind::Intr => "intr",
             ExitKind::Shutdown => "shutdown",
             ExitKind::SystemEvent => "system_event",
@@ -335,6 +338,31 @@ pub struct PinReport {
     pub invalid: u64,
 }
 
+/// The 8259 pair: requests and deliveries per ISA IRQ (IRQs with activity
+/// only), and what the guest's port accesses cost.
+#[derive(Debug, Serialize, Default, Clone)]
+pub struct PicReport {
+    pub irqs: Vec<PicIrqReport>,
+    /// Acknowledges that found no request (IRQ 7 / 15 vectors).
+    pub spurious: u64,
+    /// Guest writes of OCW2 (EOI and rotation commands): one port exit each.
+    pub eoi_writes: u64,
+    /// Guest writes of the IMR (OCW1).
+    pub imr_writes: u64,
+    /// Other writes (ICWs, OCW3, ELCR) and all reads.
+    pub other_writes: u64,
+    pub reads: u64,
+    /// Interrupt-window exits vCPU 0 took to deliver PIC interrupts.
+    pub irq_window_exits: u64,
+}
+
+#[derive(Debug, Serialize, Default, Clone)]
+pub struct PicIrqReport {
+    pub irq: usize,
+    pub raised: u64,
+    pub delivered: u64,
+}
+
 #[derive(Debug, Serialize, Default)]
 pub struct MsiPortReport {
     pub injected: u64,
@@ -373,6 +401,8 @@ pub struct Report {
     pub unhandled_pio: BTreeMap<String, u64>,
     pub unhandled_mmio: BTreeMap<String, u64>,
     pub ioapic_pins: Vec<PinReport>,
+    /// The 8259 pair (absent when no interrupt went through it).
+    pub pic: Option<PicReport>,
     pub msi_test_port: Option<MsiPortReport>,
     // ---- schema version 2 ----
     pub snapshot: SnapshotInfo,
@@ -524,6 +554,16 @@ impl Report {
                     "  pin {:<10}{:>10}{:>10}{:>10}{:>10}{:>10}",
                     p.pin, p.raised, p.delivered, p.coalesced, p.masked_drops, p.eoi
                 );
+            }
+        }
+        if let Some(p) = &self.pic {
+            let _ = writeln!(
+                s,
+                "8259 PIC        {:>10}{:>10}   (EOI writes {}, IMR writes {}, other writes {}, reads {}, spurious {}, irq-window exits {})",
+                "raised", "delivered", p.eoi_writes, p.imr_writes, p.other_writes, p.reads, p.spurious, p.irq_window_exits
+            );
+            for i in &p.irqs {
+                let _ = writeln!(s, "  irq {:<10}{:>10}{:>10}", i.irq, i.raised, i.delivered);
             }
         }
         if let Some(m) = &self.msi_test_port {
@@ -793,6 +833,7 @@ pub struct ReportInputs<'a> {
     pub pio_names: &'a [String],
     pub mmio_names: &'a [String],
     pub ioapic: &'a std::sync::Mutex<devices::ioapic::IoApic>,
+    pub pic: &'a devices::pic::Pic,
     pub msi_injected: Option<&'a AtomicU64>,
     pub sources: &'a crate::sources::SourceRegistry,
     pub kvm_stats: Option<&'a crate::kvm_stats::KvmStats>,
@@ -859,6 +900,26 @@ impl ReportInputs<'_> {
                     invalid: p.invalid,
                 });
             }
+        }
+        let p = self.pic.stats();
+        let irqs: Vec<PicIrqReport> = (0..p.raised.len())
+            .filter(|&i| p.raised[i] + p.delivered[i] > 0)
+            .map(|irq| PicIrqReport {
+                irq,
+                raised: p.raised[irq],
+                delivered: p.delivered[irq],
+            })
+            .collect();
+        if !irqs.is_empty() || p.spurious > 0 {
+            report.pic = Some(PicReport {
+                irqs,
+                spurious: p.spurious,
+                eoi_writes: p.eoi_writes,
+                imr_writes: p.imr_writes,
+                other_writes: p.other_writes,
+                reads: p.reads,
+                irq_window_exits: report.exits.get("irq_window").copied().unwrap_or(0),
+            });
         }
         report.msi_test_port = self.msi_injected.map(|c| MsiPortReport {
             injected: c.load(Ordering::Relaxed),

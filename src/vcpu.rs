@@ -2,6 +2,7 @@
 //! owns its counters; the only shared state it touches is the device buses
 //! (devices behind their own locks) and the VM stop flag.
 
+use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
@@ -15,6 +16,7 @@ use arch::cpuid::{patch_cpuid, CpuidConfig};
 use arch::regs::{self, EntryMode};
 use devices::interrupt::lock;
 use devices::ioapic::IoApic;
+use devices::pic::Pic;
 use devices::{Bus, ExitReason, VmControl};
 
 use crate::error::{kvm, Error, Result};
@@ -154,6 +156,69 @@ pub struct VcpuContext {
     pub sources: Arc<SourceRegistry>,
     /// Test-only fault to inject in this vCPU (`--fault-inject`).
     pub fault: Option<crate::cli::FaultInject>,
+    /// The 8259 pair, on vCPU 0 only: its INT output reaches this vCPU's
+    /// LINT0 (ExtINT, virtual wire), as on a PC.
+    pub pic: Option<Arc<Pic>>,
+}
+
+thread_local! {
+    /// This thread's `kvm_run` (a vCPU thread), for [`on_kick`].
+    static KVM_RUN: Cell<*mut kvm_bindings::kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// Handler of the kick signal: makes the vCPU on this thread leave KVM_RUN,
+/// or not enter it if it is about to (`immediate_exit`), so a kick sent
+/// just before KVM_RUN is never lost.
+pub extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let run = KVM_RUN.with(|r| r.get());
+    if !run.is_null() {
+        // SAFETY: the pointer is this thread's own kvm_run mapping, set by
+        // run_vcpu before its loop and valid for the thread's life; the
+        // signal runs on this thread, so nothing else writes it now.
+        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    }
+}
+
+vmm_sys_util::ioctl_iow_nr!(
+    KVM_INTERRUPT,
+    kvm_bindings::KVMIO,
+    0x86,
+    kvm_bindings::kvm_interrupt
+);
+
+/// KVM_INTERRUPT: queue an external (ExtINT) vector, as the PIC's INTA
+/// cycle gave it (kvm-ioctls has no wrapper for this ioctl).
+fn inject_extint(vcpu: &VcpuFd, vector: u8) -> std::io::Result<()> {
+    let irq = kvm_bindings::kvm_interrupt { irq: vector.into() };
+    // SAFETY: KVM_INTERRUPT reads one kvm_interrupt from the pointer, which
+    // is valid for the call; the fd is a vCPU fd.
+    let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(vcpu, KVM_INTERRUPT(), &irq) };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Before KVM_RUN on vCPU 0: hand a pending PIC interrupt to KVM (the INTA
+/// cycle happens here), or ask for an interrupt-window exit until the guest
+/// can take it (IF set, LINT0 accepting ExtINT).
+fn pic_pre_run(vcpu: &mut VcpuFd, pic: &Pic, id: u32, control: &VmControl) {
+    let run = vcpu.get_kvm_run();
+    if !pic.output() {
+        run.request_interrupt_window = 0;
+        return;
+    }
+    if run.ready_for_interrupt_injection != 0 && run.if_flag != 0 {
+        let vector = pic.acknowledge();
+        run.request_interrupt_window = 0;
+        if let Err(e) = inject_extint(vcpu, vector) {
+            control.request_exit(ExitReason::VmmError(format!(
+                "vCPU {id}: KVM refused the 8259's interrupt (KVM_INTERRUPT vector {vector:#x}): {e}"
+            )));
+        }
+    } else {
+        run.request_interrupt_window = 1;
+    }
 }
 
 /// Run `vcpu` until the VM stops; returns a final snapshot of its counters.
@@ -169,9 +234,14 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, mut ctx: VcpuContext) -> VcpuStats {
         return stats.snapshot();
     }
     crate::startup::mark_first_kvm_run();
+    let run_ptr: *mut kvm_bindings::kvm_run = vcpu.get_kvm_run();
+    KVM_RUN.with(|r| r.set(run_ptr));
     loop {
         if ctx.control.is_stopping() {
             break;
+        }
+        if let Some(pic) = &ctx.pic {
+            pic_pre_run(&mut vcpu, pic, id, &ctx.control);
         }
         let mut internal = false;
         let mut fail: Option<(u64, u32)> = None;
@@ -234,6 +304,7 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, mut ctx: VcpuContext) -> VcpuStats {
                         stats.eoi_exit(pins, |p| ctx.sources.pin_source(p));
                     }
                     VcpuExit::Hlt => stats.exit(ExitKind::Hlt),
+                    VcpuExit::IrqWindowOpen => stats.exit(ExitKind::IrqWindow),
                     VcpuExit::Intr => stats.exit(ExitKind::Intr),
                     VcpuExit::Shutdown => {
                         stats.exit(ExitKind::Shutdown);

@@ -22,7 +22,8 @@ use devices::interrupt::lock;
 use devices::ioapic::{IoApic, IOAPIC_BASE, IOAPIC_SIZE};
 use devices::legacy::{QuietPorts, I8042, QUIET_PORTS};
 use devices::pci::PciSegment;
-use devices::pit::{Pit, PIT_BASE, PIT_IRQ_PIN, PIT_LEN, PORT61};
+use devices::pic::{self, Pic, PicPorts};
+use devices::pit::{Pit, PIT_BASE, PIT_LEN, PORT61};
 use devices::serial::{PanicWatch, SerialDevice, SerialOutput, COM1_BASE, COM1_PIN};
 use devices::testdev::{self, DebugExit, IrqLines, MsiTestPort, Scratch};
 use devices::{fwcfg::FwCfg, Bus, BusDevice, ExitReason, IrqLine, MsiRouting, VmControl};
@@ -42,6 +43,9 @@ use crate::vm::{self, GsiRouter};
 use devices::interrupt::EventRegistry;
 
 pub const MAX_CPUS: u32 = 64;
+
+/// ISA IRQ of the 8254 PIT (I/O APIC pin 2, see arch::layout::isa_irq_pin).
+const PIT_ISA_IRQ: u8 = 0;
 
 static SIGNALLED: AtomicI32 = AtomicI32::new(0);
 
@@ -72,8 +76,6 @@ fn install_panic_hook() {
         }
     }));
 }
-
-extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 extern "C" fn on_terminate(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     SIGNALLED.store(sig, Ordering::SeqCst);
@@ -262,8 +264,25 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         msg: e.to_string(),
     })?;
 
+    // The 8259 pair: every ISA interrupt line drives its PIC input and its
+    // I/O APIC pin together (arch::layout::isa_irq_pin), as on a PC.
+    let pic = Arc::new(Pic::new());
+    let isa = |irq: u8| {
+        let pin = arch::layout::isa_irq_pin(irq).unwrap_or(irq) as usize;
+        IrqLine::new(ioapic.clone(), pin).with_pic(pic.clone(), irq)
+    };
+
     // Port I/O devices.
     let mut pio = Bus::new();
+    let pic_ports = dev(PicPorts(pic.clone()));
+    for (base, offset) in [
+        (pic::MASTER_BASE, pic::MASTER_OFFSET),
+        (pic::SLAVE_BASE, pic::SLAVE_OFFSET),
+        (pic::ELCR_BASE, pic::ELCR_OFFSET),
+    ] {
+        pio.insert_with_offset("pic", base, 2, pic_ports.clone(), offset)
+            .map_err(io_setup("pic"))?;
+    }
     let panicked = Arc::new(AtomicBool::new(false));
     let out = SerialOutput::new(serial_output(&serial_dest)?).with_panic_watch(PanicWatch {
         panicked: panicked.clone(),
@@ -271,7 +290,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     });
     let last_line = out.last_line();
     let console_tail = out.tail();
-    let serial = SerialDevice::new(IrqLine::new(ioapic.clone(), COM1_PIN), out);
+    let serial = SerialDevice::new(isa(COM1_PIN as u8), out);
     pio.insert("serial", COM1_BASE, 8, dev(serial))
         .map_err(io_setup("serial"))?;
     let i8042: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(I8042::new(control.clone())));
@@ -282,11 +301,10 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     // The 8254 PIT on I/O APIC pin 2 (ISA IRQ 0 in the MP table), for
     // guests that calibrate or tick with it (see docs/guest-kernel.md).
     if !args.no_pit {
-        let pit =
-            Pit::new(IrqLine::new(ioapic.clone(), PIT_IRQ_PIN)).map_err(|e| Error::Setup {
-                what: "PIT timer thread",
-                msg: e.to_string(),
-            })?;
+        let pit = Pit::new(isa(PIT_ISA_IRQ)).map_err(|e| Error::Setup {
+            what: "PIT timer thread",
+            msg: e.to_string(),
+        })?;
         let port61 = pit.port61();
         pio.insert("pit", PIT_BASE.into(), PIT_LEN, dev(pit))
             .map_err(io_setup("pit"))?;
@@ -299,7 +317,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         let stream = |out: Box<dyn Write + Send>, stderr: bool, pin: usize| {
             let sink = CountingSink::new(out, ch.clone(), stderr);
             dev(SerialDevice::new(
-                IrqLine::new(ioapic.clone(), pin),
+                isa(pin as u8),
                 SerialOutput::new(Box::new(sink)),
             ))
         };
@@ -327,7 +345,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
                 sources.attach_pio(src, base, 8);
             }
         }
-        let ctl = ControlPort::new(IrqLine::new(ioapic.clone(), COM4_PIN), ch.clone());
+        let ctl = ControlPort::new(isa(COM4_PIN as u8), ch.clone());
         pio.insert("cmd-control", COM4_BASE, 8, dev(ctl))
             .map_err(io_setup("cmd-control"))?;
         Some(ch)
@@ -352,7 +370,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             "pc-testdev",
             testdev::TESTDEV_IRQ_BASE,
             testdev::TESTDEV_IRQ_LINES,
-            dev(IrqLines::new(ioapic.clone())),
+            dev(IrqLines::new(ioapic.clone()).with_pic(pic.clone())),
         )
         .map_err(io_setup("pc-testdev"))?;
         pio.insert(
@@ -490,7 +508,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         vcpus.push(v);
     }
 
-    register_signal_handler(kick_signal(), on_kick).map_err(|e| Error::Setup {
+    register_signal_handler(kick_signal(), vcpu::on_kick).map_err(|e| Error::Setup {
         what: "signal handler",
         msg: e.to_string(),
     })?;
@@ -545,6 +563,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             counters: counters[id].clone(),
             sources: sources.clone(),
             fault: args.fault_inject.filter(|_| id == 0),
+            pic: (id == 0).then(|| pic.clone()),
         };
         let pin_to = (!host_cpus.is_empty()).then(|| host_cpus[id % host_cpus.len()]);
         let h = thread::Builder::new()
@@ -561,6 +580,15 @@ pub fn run(args: &RunArgs) -> Result<i32> {
                 what: "vCPU thread",
                 msg: e.to_string(),
             })?;
+        if id == 0 {
+            // A rising PIC output kicks vCPU 0 out of KVM_RUN (or a halt).
+            let tid = h.as_pthread_t() as usize;
+            pic.set_kick(move || {
+                // SAFETY: vCPU 0's thread lives until the VM stops; a kick
+                // after it ended fails with ESRCH and is ignored.
+                unsafe { libc::pthread_kill(tid as libc::pthread_t, kick_signal()) };
+            });
+        }
         handles.push(h);
     }
 
@@ -572,6 +600,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         pio_names: pio.device_names(),
         mmio_names: mmio.device_names(),
         ioapic: &ioapic,
+        pic: &pic,
         msi_injected: msi_injected.as_deref(),
         sources: &sources,
         kvm_stats: Some(&kvm_stats),

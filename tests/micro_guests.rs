@@ -432,3 +432,98 @@ fn multiboot_cmdline_starts_with_the_image_path_as_qemu_writes_it() {
         run.context()
     );
 }
+
+impl GuestRun {
+    /// `pic.irqs[irq == n].<field>`, 0 when the IRQ is not listed.
+    fn pic_irq(&self, n: u64, field: &str) -> u64 {
+        self.stats
+            .get("pic")
+            .and_then(|p| p.get("irqs"))
+            .map(JsonExt::items)
+            .unwrap_or_default()
+            .iter()
+            .find(|p| p.get("irq").map(JsonExt::num) == Some(n))
+            .and_then(|p| p.get(field))
+            .map_or(0, JsonExt::num)
+    }
+
+    /// `pic.<field>`, 0 when absent.
+    fn pic(&self, field: &str) -> u64 {
+        self.stats
+            .get("pic")
+            .and_then(|p| p.get(field))
+            .map_or(0, JsonExt::num)
+    }
+}
+
+#[test]
+fn pic_extint_uses_the_icw2_vector_base_and_honours_eoi_and_imr() {
+    let run = run_guest("pic_extint", 1);
+    run.expect("IRQ 5 raised", run.pic_irq(5, "raised"), 2);
+    run.expect("IRQ 5 delivered", run.pic_irq(5, "delivered"), 2);
+    run.expect("guest's count of vector 0x35", run.guest_count(53), 2);
+    run.expect(
+        "EOI writes (one non-specific, one specific)",
+        run.pic("eoi_writes"),
+        2,
+    );
+    run.expect(
+        "IMR writes (2 in pic_init, unmask, mask, unmask)",
+        run.pic("imr_writes"),
+        5,
+    );
+    run.expect("spurious", run.pic("spurious"), 0);
+    // The I/O APIC pin of the same line stayed masked: it saw both edges
+    // and delivered nothing.
+    run.expect("I/O APIC pin 5 delivered", run.pin(5, "delivered"), 0);
+    expect_no_eoi_exits(&run);
+}
+
+#[test]
+fn pic_elcr_level_input_on_the_slave_is_delivered_again_while_high() {
+    let run = run_guest("pic_level", 1);
+    run.expect("IRQ 10 raised", run.pic_irq(10, "raised"), 1);
+    run.expect("IRQ 10 delivered", run.pic_irq(10, "delivered"), 2);
+    run.expect("guest's count of vector 0x3a", run.guest_count(58), 2);
+    run.expect(
+        "EOI writes (slave + master, twice)",
+        run.pic("eoi_writes"),
+        4,
+    );
+    expect_no_eoi_exits(&run);
+}
+
+#[test]
+fn pic_delivers_pending_requests_by_priority_and_the_slave_through_the_cascade() {
+    let run = run_guest("pic_priority", 1);
+    for irq in [3, 6, 12] {
+        run.expect(&format!("IRQ {irq} raised"), run.pic_irq(irq, "raised"), 1);
+        run.expect(
+            &format!("IRQ {irq} delivered"),
+            run.pic_irq(irq, "delivered"),
+            1,
+        );
+    }
+    let windows = run.pic("irq_window_exits");
+    assert!(
+        windows >= 1,
+        "the requests came with interrupts off: delivery needs interrupt-window exits (got {windows})\n{}",
+        run.context()
+    );
+    run.expect(
+        "exits.irq_window = pic.irq_window_exits",
+        run.exits("irq_window"),
+        windows,
+    );
+}
+
+#[test]
+fn a_guest_that_never_programs_the_pic_gets_nothing_from_it() {
+    // hello never touches the PIC; the firmware state masks every input.
+    let run = run_guest("hello", 1);
+    assert!(
+        run.stats.get("pic").is_none_or(|p| p.is_null()),
+        "no PIC section expected\n{}",
+        run.context()
+    );
+}

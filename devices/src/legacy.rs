@@ -80,13 +80,10 @@ pub struct QuietPorts;
 
 /// (name, base, len) of the quiet port ranges.
 pub const QUIET_PORTS: &[(&str, u64, u64)] = &[
-    ("pic", 0x20, 2),
-    ("pic", 0xa0, 2),
     ("cmos", 0x70, 2),
     ("post", 0x80, 1),
     ("dma-page", 0x81, 0xf),
     ("io-delay", 0xed, 1),
-    ("elcr", 0x4d0, 2),
     ("fpu", 0xf0, 2),
 ];
 

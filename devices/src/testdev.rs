@@ -9,6 +9,7 @@ use crate::bus::BusDevice;
 use crate::control::{ExitReason, VmControl};
 use crate::interrupt::{lock, IrqLine, MsiMessage, MsiRouting};
 use crate::ioapic::IoApic;
+use crate::pic::Pic;
 
 pub const DEBUG_EXIT_PORT: u64 = 0xf4;
 pub const TESTDEV_IRQ_BASE: u64 = 0x2000;
@@ -48,11 +49,18 @@ impl BusDevice for DebugExit {
 /// read returns the level the I/O APIC holds for that pin.
 pub struct IrqLines {
     ioapic: Arc<Mutex<IoApic>>,
+    pic: Option<Arc<Pic>>,
 }
 
 impl IrqLines {
     pub fn new(ioapic: Arc<Mutex<IoApic>>) -> Self {
-        IrqLines { ioapic }
+        IrqLines { ioapic, pic: None }
+    }
+    /// Lines 0..16 also drive 8259 input n (QEMU's pc-testdev sets GSI n,
+    /// which on a PC reaches I/O APIC pin n and, below 16, PIC input n).
+    pub fn with_pic(mut self, pic: Arc<Pic>) -> Self {
+        self.pic = Some(pic);
+        self
     }
 }
 
@@ -64,7 +72,11 @@ impl BusDevice for IrqLines {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset < TESTDEV_IRQ_LINES {
             let level = data.first().is_some_and(|b| *b != 0);
-            IrqLine::new(self.ioapic.clone(), offset as usize).set_level(level);
+            let mut line = IrqLine::new(self.ioapic.clone(), offset as usize);
+            if let Some(pic) = self.pic.as_ref().filter(|_| offset < 16) {
+                line = line.with_pic(pic.clone(), offset as u8);
+            }
+            line.set_level(level);
         }
     }
 }
