@@ -11,10 +11,11 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 step "setup (packages, toolchain components)"
 scripts/setup.sh
 
-step "guest kernel and initramfs (cached after the first build)"
+step "guest kernels (MP table; ACPI-only) and initramfs (cached after the first build)"
 SPLITVM_GUEST_KERNEL=$(scripts/build-guest-kernel.sh | tail -n1)
+SPLITVM_GUEST_KERNEL_ACPI=$(scripts/build-guest-kernel.sh acpi | tail -n1)
 SPLITVM_GUEST_INITRD=$(scripts/build-initramfs.sh | tail -n1)
-export SPLITVM_GUEST_KERNEL SPLITVM_GUEST_INITRD
+export SPLITVM_GUEST_KERNEL SPLITVM_GUEST_KERNEL_ACPI SPLITVM_GUEST_INITRD
 
 step "cargo fmt --check"
 cargo fmt --all --check

@@ -23,7 +23,7 @@ pub struct Cli {
 pub enum Command {
     /// Boot a guest and run it until it stops; with `-- CMD ARGS...`, run
     /// CMD in the guest and exit with its status.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run a manifest of guest test cases in parallel (docs/ci-runner.md).
     Test(TestArgs),
 }
@@ -121,6 +121,12 @@ pub struct RunArgs {
     /// Do not write the Intel MP table for a Linux guest.
     #[arg(long)]
     pub no_mptable: bool,
+    /// CPU features to take away from the guest, comma-separated: `-x2apic`
+    /// (CPUID.1:ECX[21] clear, so the guest stays in xAPIC mode; KVM refuses
+    /// the x2APIC enable bit), `-tsc-deadline` (CPUID.1:ECX[24] clear: Linux
+    /// then needs a PIT or LAPIC-timer calibration).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_cpu_feature)]
+    pub cpu_features: Vec<String>,
     /// Number of vCPUs (vCPU id = APIC ID).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: u32,
@@ -259,6 +265,15 @@ pub fn parse_size(s: &str) -> Option<u64> {
         _ => (s, 1),
     };
     num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+fn parse_cpu_feature(s: &str) -> Result<String, String> {
+    match s {
+        "-x2apic" | "-tsc-deadline" => Ok(s.to_string()),
+        _ => Err(format!(
+            "unknown CPU feature change '{s}' (known: -x2apic, -tsc-deadline)"
+        )),
+    }
 }
 
 #[cfg(test)]

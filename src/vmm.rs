@@ -498,7 +498,8 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         .map_err(crate::error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
     let cfg = CpuidConfig {
         num_cpus: args.cpus,
-        tsc_deadline: caps.tsc_deadline,
+        tsc_deadline: caps.tsc_deadline && !args.cpu_features.iter().any(|f| f == "-tsc-deadline"),
+        x2apic: !args.cpu_features.iter().any(|f| f == "-x2apic"),
     };
     let mut vcpus = Vec::new();
     for id in 0..args.cpus {

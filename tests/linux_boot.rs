@@ -83,6 +83,132 @@ fn linux_boots_to_init_with_two_vcpus() {
 }
 
 /// Bad Linux inputs end in one line and status 2 before any vCPU runs.
+/// The ACPI variant of the kernel (ACPI on, MP table parser off, as
+/// popular microVM kernel configs are) finds both CPUs, the I/O APIC and the
+/// serial port through the ACPI tables splitvm writes, and `poweroff -f`
+/// ends splitvm with status 0 and exit reason `poweroff`.
+#[test]
+fn acpi_only_kernel_boots_with_two_vcpus_from_the_madt_and_powers_off() {
+    let kernel = common::acpi_kernel();
+    let script =
+        "cat /proc/interrupts; echo --- dmesg ---; dmesg; echo --- end dmesg ---; poweroff -f";
+    let b = common::boot_kernel(
+        &[],
+        kernel,
+        "linux-acpi",
+        2,
+        &[],
+        &common::run_in_guest(script),
+    );
+    let name = "linux-acpi";
+    let dmesg = b
+        .serial
+        .split("--- dmesg ---")
+        .nth(1)
+        .and_then(|s| s.split("--- end dmesg ---").next())
+        .unwrap_or("");
+    for want in [
+        "ACPI: Using ACPI (MADT) for SMP configuration information",
+        "smp: Brought up 1 node, 2 CPUs",
+        "GSI 0-23",
+        "ACPI: PCI Root Bridge [PCI0]",
+    ] {
+        assert!(
+            dmesg.contains(want),
+            "{name}: guest log lacks '{want}'; last serial lines:\n{}",
+            tail(&b.serial, 60)
+        );
+    }
+    for bad in [
+        "A valid RSDP was not found",
+        "ACPI BIOS Error",
+        "PCI: Fatal",
+    ] {
+        assert!(
+            !dmesg.contains(bad),
+            "{name}: guest log has '{bad}':\n{dmesg}"
+        );
+    }
+    let irqs = b.serial.clone();
+    let ttys0 = irqs
+        .lines()
+        .find(|l| l.contains("ttyS0") && l.contains("IO-APIC"))
+        .unwrap_or_else(|| {
+            panic!(
+                "{name}: ttyS0 not on the I/O APIC:\n{}",
+                tail(&b.serial, 60)
+            )
+        });
+    assert!(
+        ttys0.contains("4-edge"),
+        "{name}: serial not on pin 4: {ttys0}"
+    );
+    assert_eq!(b.status, 0, "{name}: status after poweroff");
+    assert_eq!(
+        b.stats["exit_reason"],
+        "poweroff",
+        "{name}: exit reason; tail:\n{}",
+        tail(&b.serial, 20)
+    );
+}
+
+/// With `noapic` (and `nolapic_timer` plus `--cpu-features=-tsc-deadline`,
+/// so Linux ticks with the PIT on IRQ 0: with a TSC deadline timer Linux
+/// never sets the PIT up, and with `nolapic_timer` alone it has no tick) the
+/// MP-table kernel takes its interrupts through splitvm's 8259 pair: the
+/// guest's /proc/interrupts shows the timer and ttyS0 on XT-PIC, and the
+/// report has PIC rows.
+#[test]
+fn noapic_kernel_takes_timer_and_serial_through_the_8259() {
+    let b = boot(
+        "linux-noapic",
+        1,
+        &["--cpu-features=-tsc-deadline"],
+        "noapic nolapic_timer",
+    );
+    let name = "linux-noapic";
+    assert!(
+        b.serial.contains("SPLITVM-INIT-MARKER"),
+        "{name}: init marker missing; tail:\n{}",
+        tail(&b.serial, 40)
+    );
+    let irqs = proc_interrupts(&b.serial);
+    eprintln!("[{name}] guest /proc/interrupts:\n{irqs}");
+    for dev in ["timer", "ttyS0"] {
+        let line = irqs
+            .lines()
+            .find(|l| l.contains(dev))
+            .unwrap_or_else(|| panic!("{name}: no {dev} line:\n{irqs}"));
+        assert!(
+            line.contains("XT-PIC"),
+            "{name}: {dev} not on the 8259: {line}"
+        );
+    }
+    let pic = &b.stats["pic"];
+    let irq = |n: u64, f: &str| {
+        pic["irqs"]
+            .as_array()
+            .and_then(|a| a.iter().find(|i| i["irq"] == n))
+            .and_then(|i| i[f].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(
+        irq(0, "delivered") > 0,
+        "{name}: no PIT interrupt through the PIC: {pic}"
+    );
+    assert!(
+        irq(4, "delivered") > 0,
+        "{name}: no serial interrupt through the PIC: {pic}"
+    );
+    assert!(pic["eoi_writes"].as_u64().unwrap_or(0) > 0, "{name}: {pic}");
+    assert_eq!(b.status, 0, "{name}: tail:\n{}", tail(&b.serial, 20));
+    let errors = common::schema::check_report(&b.stats);
+    assert!(
+        errors.is_empty(),
+        "{name}: report violates the schema: {errors:#?}"
+    );
+}
+
 #[test]
 fn bad_linux_inputs_are_one_line_errors() {
     let (kernel, _) = common::guest();

@@ -527,3 +527,13 @@ fn a_guest_that_never_programs_the_pic_gets_nothing_from_it() {
         run.context()
     );
 }
+
+#[test]
+fn hidden_x2apic_leaves_cpuid_bit_21_clear_and_logical_ipis_work_in_xapic_mode() {
+    let run = run_guest_with("xapic_only", 2, &["--cpu-features=-x2apic"]);
+    assert!(
+        run.serial.contains("ok: CPUID.1:ECX[21] (x2APIC) is clear"),
+        "{}",
+        run.context()
+    );
+}

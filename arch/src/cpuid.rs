@@ -29,6 +29,9 @@ const EDX_HTT: u32 = 1 << 28;
 pub struct CpuidConfig {
     pub num_cpus: u32,
     pub tsc_deadline: bool,
+    /// Advertise x2APIC (CPUID.1:ECX[21]); off for xAPIC-only guests
+    /// (`--cpu-features -x2apic`). KVM then refuses the x2APIC enable bit.
+    pub x2apic: bool,
 }
 
 /// Patch `cpuid` (from KVM_GET_SUPPORTED_CPUID) for the vCPU with `apic_id`.
@@ -39,7 +42,12 @@ pub fn patch_cpuid(cpuid: &mut CpuId, apic_id: u32, cfg: CpuidConfig) {
                 // EBX: APIC ID 31:24, logical CPU count 23:16, CLFLUSH 15:8.
                 let count = cfg.num_cpus.min(255);
                 e.ebx = (apic_id << 24) | (count << 16) | (8 << 8);
-                e.ecx |= ECX_X2APIC | ECX_HYPERVISOR;
+                e.ecx |= ECX_HYPERVISOR;
+                if cfg.x2apic {
+                    e.ecx |= ECX_X2APIC;
+                } else {
+                    e.ecx &= !ECX_X2APIC;
+                }
                 if cfg.tsc_deadline {
                     e.ecx |= ECX_TSC_DEADLINE;
                 } else {
@@ -87,6 +95,38 @@ pub fn patch_cpuid(cpuid: &mut CpuId, apic_id: u32, cfg: CpuidConfig) {
 }
 
 #[cfg(test)]
+mod x2apic_tests {
+    use super::*;
+    use kvm_bindings::kvm_cpuid_entry2;
+
+    #[test]
+    fn hiding_x2apic_clears_cpuid_1_ecx_bit_21() {
+        let mut c = CpuId::from_entries(&[kvm_cpuid_entry2 {
+            function: LEAF_FEATURES,
+            ecx: ECX_X2APIC,
+            ..Default::default()
+        }])
+        .unwrap();
+        let cfg = CpuidConfig {
+            num_cpus: 1,
+            tsc_deadline: true,
+            x2apic: false,
+        };
+        patch_cpuid(&mut c, 0, cfg);
+        assert_eq!(c.as_slice()[0].ecx & ECX_X2APIC, 0);
+        patch_cpuid(
+            &mut c,
+            0,
+            CpuidConfig {
+                x2apic: true,
+                ..cfg
+            },
+        );
+        assert_ne!(c.as_slice()[0].ecx & ECX_X2APIC, 0);
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use kvm_bindings::kvm_cpuid_entry2;
@@ -120,6 +160,7 @@ mod tests {
             CpuidConfig {
                 num_cpus: 4,
                 tsc_deadline: true,
+                x2apic: true,
             },
         );
         let s = c.as_slice();
@@ -140,6 +181,7 @@ mod tests {
             CpuidConfig {
                 num_cpus: 1,
                 tsc_deadline: false,
+                x2apic: true,
             },
         );
         let e = c.as_slice()[3];
@@ -159,6 +201,7 @@ mod tests {
             CpuidConfig {
                 num_cpus: 2,
                 tsc_deadline: true,
+                x2apic: true,
             },
         );
         let eax = c.as_slice()[4].eax;

@@ -23,11 +23,16 @@ fn repo() -> PathBuf {
 /// Path printed on the last stdout line of a build script (cached builds
 /// are instant). The environment can name prebuilt files instead.
 fn built(var: &str, script: &str) -> PathBuf {
+    built_with(var, script, &[])
+}
+
+fn built_with(var: &str, script: &str, args: &[&str]) -> PathBuf {
     if let Ok(p) = std::env::var(var) {
         return PathBuf::from(p);
     }
-    eprintln!("[linux_boot] {var} not set: running {script} (first build takes minutes)");
+    eprintln!("[linux_boot] {var} not set: running {script} {args:?} (first build takes minutes)");
     let out = Command::new(repo().join(script))
+        .args(args)
         .stderr(Stdio::inherit())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
@@ -42,6 +47,19 @@ pub fn guest() -> &'static (PathBuf, PathBuf) {
         (
             built("SPLITVM_GUEST_KERNEL", "scripts/build-guest-kernel.sh"),
             built("SPLITVM_GUEST_INITRD", "scripts/build-initramfs.sh"),
+        )
+    })
+}
+
+/// The ACPI variant of the guest kernel (ACPI on, MP table parser off):
+/// `scripts/build-guest-kernel.sh acpi`, or SPLITVM_GUEST_KERNEL_ACPI.
+pub fn acpi_kernel() -> &'static PathBuf {
+    static K: OnceLock<PathBuf> = OnceLock::new();
+    K.get_or_init(|| {
+        built_with(
+            "SPLITVM_GUEST_KERNEL_ACPI",
+            "scripts/build-guest-kernel.sh",
+            &["acpi"],
         )
     })
 }
@@ -82,8 +100,20 @@ pub fn boot_wrapped(
     extra_args: &[&str],
     extra_cmdline: &str,
 ) -> Boot {
+    boot_kernel(wrapper, &guest().0, name, cpus, extra_args, extra_cmdline)
+}
+
+/// [`boot_wrapped`] of another guest kernel (with the same initramfs).
+pub fn boot_kernel(
+    wrapper: &[&str],
+    kernel: &std::path::Path,
+    name: &str,
+    cpus: u32,
+    extra_args: &[&str],
+    extra_cmdline: &str,
+) -> Boot {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (kernel, initrd) = guest();
+    let (_, initrd) = guest();
     let dir = std::env::temp_dir().join(format!("splitvm-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let serial = dir.join("serial.log");
