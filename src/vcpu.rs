@@ -236,6 +236,19 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, mut ctx: VcpuContext) -> VcpuStats {
     crate::startup::mark_first_kvm_run();
     let run_ptr: *mut kvm_bindings::kvm_run = vcpu.get_kvm_run();
     KVM_RUN.with(|r| r.set(run_ptr));
+    if let Some(pic) = &ctx.pic {
+        // A rising PIC output kicks this thread out of KVM_RUN (or a halt).
+        // By kernel thread id, not pthread_t: the hook is removed before
+        // this thread ends, and a late tgkill to a gone tid only fails.
+        // SAFETY: getpid/gettid have no preconditions.
+        let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
+        let sig = vmm_sys_util::signal::SIGRTMIN();
+        pic.set_kick(move || {
+            // SAFETY: tgkill takes plain integers; the worst outcome of a
+            // stale tid is ESRCH.
+            unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) };
+        });
+    }
     loop {
         if ctx.control.is_stopping() {
             break;
@@ -372,6 +385,12 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, mut ctx: VcpuContext) -> VcpuStats {
                 "vCPU {id}: VM entry failed (hardware reason {reason:#x}, host CPU {cpu}) at RIP {rip:#x}"
             )));
         }
+    }
+    // Before `vcpu` (and its kvm_run mapping) goes away: later kicks (the
+    // supervisor keeps kicking until the thread ends) must not write to it.
+    KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
+    if let Some(pic) = &ctx.pic {
+        pic.clear_kick();
     }
     stats.snapshot()
 }

@@ -581,15 +581,6 @@ pub fn run(args: &RunArgs) -> Result<i32> {
                 what: "vCPU thread",
                 msg: e.to_string(),
             })?;
-        if id == 0 {
-            // A rising PIC output kicks vCPU 0 out of KVM_RUN (or a halt).
-            let tid = h.as_pthread_t() as usize;
-            pic.set_kick(move || {
-                // SAFETY: vCPU 0's thread lives until the VM stops; a kick
-                // after it ended fails with ESRCH and is ignored.
-                unsafe { libc::pthread_kill(tid as libc::pthread_t, kick_signal()) };
-            });
-        }
         handles.push(h);
     }
 

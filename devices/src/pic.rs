@@ -232,6 +232,11 @@ impl Pic {
         *lock(&self.kick) = Some(Box::new(kick));
     }
 
+    /// Remove the kick hook (vCPU 0's thread is ending).
+    pub fn clear_kick(&self) {
+        *lock(&self.kick) = None;
+    }
+
     /// The master's INT line: an unmasked request outranks what is in
     /// service. Cheap (one atomic load); the vCPU loop polls it.
     pub fn output(&self) -> bool {
