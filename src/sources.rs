@@ -509,7 +509,7 @@ impl SourceRegistry {
             };
             if msgs.iter().any(|m| {
                 m.vector() == vector
-                    && (m.address & 4 != 0 || apic_id.is_none_or(|a| a == m.destination()))
+                    && (m.logical() || apic_id.is_none_or(|a| a == m.destination()))
             }) {
                 out.push(i);
             }
@@ -744,12 +744,8 @@ impl RouteReport {
     fn from_msi(m: MsiMessage, masked: bool) -> Self {
         RouteReport {
             vector: m.vector(),
-            destination: m.destination() | (((m.address >> 32) as u32) & 0xffff_ff00),
-            dest_mode: if m.address & 4 != 0 {
-                "logical"
-            } else {
-                "physical"
-            },
+            destination: m.destination(),
+            dest_mode: if m.logical() { "logical" } else { "physical" },
             trigger: if m.level_triggered() { "level" } else { "edge" },
             delivery_mode: m.delivery_mode(),
             masked,

@@ -131,21 +131,6 @@ pub fn guest_memory(mem_size: u64) -> Result<GuestMemoryMmap> {
     GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::GuestMemory(e.to_string()))
 }
 
-/// Split an MSI address into the (address_lo, address_hi) KVM expects with
-/// KVM_X2APIC_API_USE_32BIT_IDS: destination bits 31:8 in address_hi. The
-/// "extended destination ID" form (bits 11:5 of the low address carry
-/// destination bits 14:8, as Linux writes it with virt_ext_dest_id) is
-/// moved there too, since KVM itself only decodes address_hi.
-pub fn kvm_msi_address(address: u64) -> (u32, u32) {
-    let lo = address as u32;
-    let mut hi = (address >> 32) as u32;
-    let ext = (lo >> 5) & 0x7f;
-    if ext != 0 {
-        hi |= ext << 8;
-    }
-    (lo & !(0x7f << 5), hi)
-}
-
 /// The whole GSI routing table, owned in userspace and pushed to KVM in one
 /// KVM_SET_GSI_ROUTING per change. Pins 0..23 and MSI vectors (24+) alike
 /// are MSI routes.
@@ -171,7 +156,7 @@ impl GsiRouter {
                 type_: KVM_IRQ_ROUTING_MSI,
                 ..Default::default()
             };
-            let (lo, hi) = kvm_msi_address(m.address);
+            let (lo, hi) = m.kvm_address();
             e.u.msi.address_lo = lo;
             e.u.msi.address_hi = hi;
             e.u.msi.data = m.data;
@@ -216,7 +201,7 @@ impl MsiRouting for GsiRouter {
     }
 
     fn signal_msi(&self, msg: MsiMessage) -> std::result::Result<(), InterruptError> {
-        let (address_lo, address_hi) = kvm_msi_address(msg.address);
+        let (address_lo, address_hi) = msg.kvm_address();
         let m = kvm_msi {
             address_lo,
             address_hi,
@@ -286,22 +271,5 @@ impl EventRegistry for GsiRouter {
         self.vm
             .unregister_irqfd(fd, gsi)
             .map_err(|e| InterruptError::Routing(format!("KVM_IRQFD deassign on GSI {gsi}: {e}")))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn xapic_msi_address_passes_through() {
-        assert_eq!(kvm_msi_address(0xfee0_3004), (0xfee0_3004, 0));
-    }
-
-    #[test]
-    fn extended_destination_bits_move_to_address_hi() {
-        // Destination 0x1_05: bits 7:0 = 5 in 19:12, bits 14:8 = 1 in 11:5.
-        let addr = 0xfee0_0000 | (5 << 12) | (1 << 5);
-        assert_eq!(kvm_msi_address(addr), (0xfee0_5000, 1 << 8));
     }
 }

@@ -10,17 +10,50 @@ use std::sync::{Arc, Mutex};
 use crate::ioapic::IoApic;
 use crate::pic::Pic;
 
-/// An MSI message as the guest sees it (Intel SDM Vol. 3, 11.11).
+/// An MSI message as the guest sees it (Intel SDM Vol. 3, 11.11), and the
+/// one place that knows its layout: every other module asks it.
+///
+/// Address (`address` is address_hi << 32 | address_lo):
+/// - lo 31:20 = 0xFEE (the interrupt window), 19:12 destination bits 7:0,
+///   11:5 the *extended destination ID* (destination bits 14:8, as Linux
+///   writes it when the hypervisor offers KVM_FEATURE_MSI_EXT_DEST_ID),
+///   3 redirection hint, 2 destination mode (1 = logical);
+/// - hi 31:8 destination bits 31:8, hi 7:0 must be 0: this is how KVM reads
+///   a route with KVM_X2APIC_API_USE_32BIT_IDS (`x86_msi_msg_get_destid`),
+///   and it refuses a route whose hi 7:0 is not 0 (`kvm_msi_route_invalid`).
+///
+/// Data: 7:0 vector, 10:8 delivery mode, 14 level (assert), 15 trigger
+/// (1 = level).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MsiMessage {
-    /// 0xFEEx_xxxx: destination ID in bits 19:12, destination mode in bit 2,
-    /// extended destination ID (x2APIC) in bits 11:5 and in `address >> 32`.
     pub address: u64,
-    /// Vector in bits 7:0, delivery mode in 10:8, level in 14, trigger in 15.
     pub data: u32,
 }
 
+/// MSI delivery modes (data bits 10:8) that the SDM reserves.
+const RESERVED_DELIVERY_MODES: [u8; 2] = [3, 6];
+
 impl MsiMessage {
+    /// The message for destination APIC ID `dest` (bits 7:0 in address
+    /// 19:12, bits 14:8 as the extended destination ID, bits 31:15 in
+    /// address_hi), destination mode, delivery mode, vector and trigger
+    /// (the assert bit 14 is always set; KVM reads only the trigger).
+    pub fn compose(dest: u32, logical: bool, delivery_mode: u8, vector: u8, level: bool) -> Self {
+        let lo = 0xfee0_0000u64
+            | u64::from(dest & 0xff) << 12
+            | u64::from((dest >> 8) & 0x7f) << 5
+            | u64::from(logical) << 2;
+        let hi = u64::from(dest & 0xffff_8000);
+        let data = u32::from(vector)
+            | u32::from(delivery_mode & 7) << 8
+            | 1 << 14
+            | u32::from(level) << 15;
+        MsiMessage {
+            address: hi << 32 | lo,
+            data,
+        }
+    }
+
     /// The vector this message delivers.
     pub fn vector(&self) -> u8 {
         (self.data & 0xff) as u8
@@ -33,14 +66,121 @@ impl MsiMessage {
     pub fn delivery_mode(&self) -> u8 {
         ((self.data >> 8) & 7) as u8
     }
-    /// Destination APIC ID (8-bit xAPIC field).
+    /// True for logical destination mode (address bit 2).
+    pub fn logical(&self) -> bool {
+        self.address & (1 << 2) != 0
+    }
+    /// The destination APIC ID as KVM delivers it: bits 7:0 from address
+    /// 19:12, bits 14:8 from the extended destination ID (address 11:5),
+    /// bits 31:8 from address_hi 31:8.
     pub fn destination(&self) -> u32 {
-        ((self.address >> 12) & 0xff) as u32
+        let (lo, hi) = self.kvm_address();
+        ((lo >> 12) & 0xff) | (hi & 0xffff_ff00)
+    }
+    /// The (address_lo, address_hi) pair to give KVM (32-bit x2APIC IDs):
+    /// the extended destination ID moves from address_lo 11:5 to
+    /// address_hi 14:8, since KVM itself decodes only address_hi.
+    pub fn kvm_address(&self) -> (u32, u32) {
+        let lo = self.address as u32;
+        let ext = (lo >> 5) & 0x7f;
+        let hi = (self.address >> 32) as u32 | ext << 8;
+        (lo & !(0x7f << 5), hi)
     }
     /// True when the address lies in the 0xFEEx_xxxx interrupt window.
     pub fn address_valid(&self) -> bool {
-        // The high dword may carry x2APIC destination bits 31:8.
         (self.address & 0xfff0_0000) == 0xfee0_0000
+    }
+    /// Whether the message may be delivered: the address in the interrupt
+    /// window with address_hi 7:0 clear (KVM refuses the route otherwise),
+    /// a delivery mode that is not reserved, and for fixed and
+    /// lowest-priority delivery a vector of at least 16.
+    pub fn valid(&self) -> bool {
+        let mode = self.delivery_mode();
+        self.address_valid()
+            && (self.address >> 32) & 0xff == 0
+            && !RESERVED_DELIVERY_MODES.contains(&mode)
+            && (mode > 1 || self.vector() >= 16)
+    }
+}
+
+#[cfg(test)]
+mod msi_tests {
+    use super::MsiMessage;
+
+    fn msg(address: u64, data: u32) -> MsiMessage {
+        MsiMessage { address, data }
+    }
+
+    #[test]
+    fn xapic_destination_is_address_bits_19_12() {
+        assert_eq!(msg(0xfee0_3000, 0x30).destination(), 3);
+        assert_eq!(msg(0xfeef_f000, 0x30).destination(), 0xff);
+    }
+
+    #[test]
+    fn extended_destination_id_in_bits_11_5_gives_destination_bits_14_8() {
+        // Destination 0x105: bits 7:0 = 5 in 19:12, bits 14:8 = 1 in 11:5.
+        let m = msg(0xfee0_0000 | (5 << 12) | (1 << 5), 0x30);
+        assert_eq!(m.destination(), 0x105);
+        assert_eq!(msg(0xfee0_3fe0, 0x30).destination(), 0x7f03);
+    }
+
+    #[test]
+    fn address_hi_carries_destination_bits_31_8_as_kvm_reads_it() {
+        // address_hi 0x100 is destination 0x100 (not 0x10000: KVM takes
+        // hi 31:8 as destination 31:8 in place).
+        assert_eq!(msg(0x100_fee0_0000, 0x30).destination(), 0x100);
+        assert_eq!(msg(0x200_fee0_3000, 0x30).destination(), 0x203);
+        assert_eq!(msg(0xffff_ff00_fee0_0000, 0x30).destination(), 0xffff_ff00);
+    }
+
+    #[test]
+    fn kvm_address_moves_the_extended_id_into_address_hi() {
+        assert_eq!(msg(0xfee0_3004, 0).kvm_address(), (0xfee0_3004, 0));
+        let m = msg(0xfee0_0000 | (5 << 12) | (1 << 5), 0);
+        assert_eq!(m.kvm_address(), (0xfee0_5000, 1 << 8));
+    }
+
+    #[test]
+    fn compose_and_destination_agree_for_every_width_of_id() {
+        for dest in [0u32, 3, 0xff, 0x100, 0x7fff, 0x8000, 0x1234_5678, u32::MAX] {
+            let m = MsiMessage::compose(dest, dest & 1 == 1, 0, 0x40, dest & 2 == 2);
+            assert_eq!(m.destination(), dest, "dest {dest:#x}");
+            assert_eq!(m.logical(), dest & 1 == 1);
+            assert_eq!(m.level_triggered(), dest & 2 == 2);
+            assert_eq!(m.vector(), 0x40);
+            assert!(m.valid(), "dest {dest:#x}: {m:x?}");
+        }
+    }
+
+    #[test]
+    fn destination_mode_is_address_bit_2() {
+        assert!(msg(0xfee0_1004, 0x30).logical());
+        assert!(!msg(0xfee0_1000, 0x30).logical());
+    }
+
+    #[test]
+    fn validity_follows_the_window_reserved_modes_vectors_and_kvm_hi_rule() {
+        assert!(msg(0xfee0_0000, 0x30).valid());
+        assert!(
+            msg(0x100_fee0_1000, 0x4031).valid(),
+            "destination bits in hi 31:8"
+        );
+        assert!(
+            !msg(0x1_fee0_1000, 0x4031).valid(),
+            "hi 7:0 set: KVM refuses the route"
+        );
+        assert!(!msg(0xfed0_0000, 0x30).valid(), "outside the window");
+        assert!(!msg(0xfee0_0000, 0x0f).valid(), "vector < 16");
+        assert!(
+            !msg(0xfee0_0000, 0x330).valid(),
+            "delivery mode 3 is reserved"
+        );
+        assert!(
+            !msg(0xfee0_0000, 0x630).valid(),
+            "delivery mode 6 is reserved"
+        );
+        assert!(msg(0xfee0_0000, 0x400).valid(), "NMI ignores the vector");
     }
 }
 

@@ -43,7 +43,7 @@ pub use segment::{
     BarRoute, HostBridge, PciConfigIo, PciEcam, PciMmioWindow, PciSegment, PciStats,
     HOST_BRIDGE_DEVICE_ID, HOST_BRIDGE_VENDOR_ID, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN,
 };
-pub use vector::{msi_message_valid, VectorReport, VectorStats};
+pub use vector::{VectorReport, VectorStats};
 
 use crate::interrupt::InterruptError;
 

@@ -494,15 +494,29 @@ mod tests {
     }
 
     #[test]
-    fn address_high_dword_passes_through_to_route() {
+    fn address_high_dword_passes_through_to_route_as_destination_bits_31_8() {
         let (kvm, m) = setup(1);
         m.write_control(CTRL_ENABLE);
         w32(&m, 0, ADDR);
-        w32(&m, 4, 0x3); // x2APIC destination bits 31:8 = 3
+        w32(&m, 4, 0x300); // destination bits 31:8 in address_hi 31:8 (KVM's reading)
         w32(&m, 8, DATA);
         w32(&m, 12, 0);
-        assert_eq!(kvm.route(24).unwrap().address, 0x3_fee0_1000);
+        assert_eq!(kvm.route(24).unwrap().address, 0x300_fee0_1000);
         assert_eq!(m.reports()[0].destination, 0x301);
+    }
+
+    #[test]
+    fn address_hi_with_its_low_byte_set_gets_no_route() {
+        // KVM refuses such a route (kvm_msi_route_invalid): the vector is
+        // reported invalid and nothing is pushed.
+        let (kvm, m) = setup(1);
+        m.write_control(CTRL_ENABLE);
+        w32(&m, 0, ADDR);
+        w32(&m, 4, 0x3);
+        w32(&m, 8, DATA);
+        w32(&m, 12, 0);
+        assert!(kvm.route(24).is_none());
+        assert!(!m.reports()[0].valid);
     }
 
     #[test]
@@ -639,9 +653,9 @@ mod tests {
     fn qword_table_access_covers_two_fields() {
         let (kvm, m) = setup(1);
         m.write_control(CTRL_ENABLE);
-        m.write_table(0, &(u64::from(ADDR) | 5 << 32).to_le_bytes());
+        m.write_table(0, &(u64::from(ADDR) | 0x500 << 32).to_le_bytes());
         m.write_table(8, &u64::from(DATA).to_le_bytes()); // data + unmask
-        assert_eq!(kvm.route(24).unwrap().address, 0x5_fee0_1000);
+        assert_eq!(kvm.route(24).unwrap().address, 0x500_fee0_1000);
         let mut b = [0u8; 8];
         m.read_table(8, &mut b);
         assert_eq!(u64::from_le_bytes(b), u64::from(DATA));

@@ -63,23 +63,6 @@ pub struct VectorReport {
     pub stats: VectorStats,
 }
 
-/// Whether `m` may be delivered: address in the 0xFEEx_xxxx window (the
-/// high dword is passed to KVM untouched: x2APIC destination bits 31:8),
-/// delivery mode not reserved (3, 6), and for fixed and lowest-priority
-/// delivery a vector of at least 16.
-pub fn msi_message_valid(m: &MsiMessage) -> bool {
-    let mode = m.delivery_mode();
-    m.address_valid() && mode != 3 && mode != 6 && (mode > 1 || m.vector() >= 16)
-}
-
-/// Destination APIC ID of `m` in all its encodings.
-pub(crate) fn full_destination(m: &MsiMessage) -> u32 {
-    let lo = m.address as u32;
-    let ext = (lo >> 5) & 0x7f;
-    let hi = (m.address >> 32) as u32;
-    ((lo >> 12) & 0xff) | ext << 8 | hi << 8
-}
-
 pub(crate) struct IrqfdVector {
     pub(crate) gsi: u32,
     irqfd: EventFd,
@@ -152,7 +135,7 @@ impl IrqfdVectors {
         let Some(v) = self.vectors.get_mut(i) else {
             return false;
         };
-        let want = msi_message_valid(&msg).then_some(msg);
+        let want = msg.valid().then_some(msg);
         if v.route != want {
             match self.routing.set_route(v.gsi, want) {
                 Ok(()) => v.route = want,
@@ -174,7 +157,7 @@ impl IrqfdVectors {
         if i >= self.vectors.len() {
             return false;
         }
-        if !msi_message_valid(&msg) {
+        if !msg.valid() {
             // Still bring the route in step (removing it).
             self.sync(i, msg);
             self.vectors[i].stats.dropped_invalid += 1;
@@ -214,8 +197,8 @@ impl IrqfdVectors {
             gsi: v.gsi,
             message,
             guest_vector: message.vector(),
-            destination: full_destination(&message),
-            valid: msi_message_valid(&message),
+            destination: message.destination(),
+            valid: message.valid(),
             masked,
             pending,
             stats: v.stats,
@@ -232,41 +215,5 @@ impl Drop for IrqfdVectors {
             }
             lock(&self.gsis).free(v.gsi);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn msg(address: u64, data: u32) -> MsiMessage {
-        MsiMessage { address, data }
-    }
-
-    #[test]
-    fn message_validity_rules() {
-        assert!(msi_message_valid(&msg(0xfee0_0000, 0x30)));
-        assert!(
-            msi_message_valid(&msg(0x1_fee0_1000, 0x4031)),
-            "address_hi passes"
-        );
-        assert!(
-            !msi_message_valid(&msg(0xfed0_0000, 0x30)),
-            "outside window"
-        );
-        assert!(!msi_message_valid(&msg(0xfee0_0000, 0x0f)), "vector < 16");
-        assert!(!msi_message_valid(&msg(0xfee0_0000, 0x330)), "mode 3");
-        assert!(!msi_message_valid(&msg(0xfee0_0000, 0x630)), "mode 6");
-        assert!(
-            msi_message_valid(&msg(0xfee0_0000, 0x400)),
-            "NMI ignores vector"
-        );
-    }
-
-    #[test]
-    fn destination_combines_all_encodings() {
-        assert_eq!(full_destination(&msg(0xfee0_3000, 0)), 3);
-        assert_eq!(full_destination(&msg(0xfee0_3020, 0)), 0x103);
-        assert_eq!(full_destination(&msg(0x0000_0002_fee0_3000, 0)), 0x203);
     }
 }
