@@ -159,7 +159,7 @@ fn rte_to_msi(rte: u64) -> MsiMessage {
     MsiMessage::compose(
         dest,
         rte & RTE_DEST_LOGICAL != 0,
-        delivery_mode(rte) as u8,
+        delivery_mode(rte),
         (rte & RTE_VECTOR) as u8,
         is_level(rte),
     )
