@@ -52,7 +52,7 @@ impl Logger {
             r.line().unwrap_or(0),
         );
         let n = {
-            let mut sites = devices::interrupt::lock(&self.sites);
+            let mut sites = devices::sync::lock(&self.sites);
             let n = sites.entry(site).or_insert(0);
             *n = n.saturating_add(1);
             *n

@@ -35,7 +35,7 @@ use serde::Serialize;
 use devices::ioapic::{IoApic, PinRoute, PinStats, NUM_PINS};
 use devices::{InterruptError, MsiMessage, MsiRouting};
 
-use crate::stats::VcpuStats;
+use crate::counters::VcpuStats;
 
 // RTE bits (82093AA) read through `IoApic::rte`.
 const RTE_REMOTE_IRR: u64 = 1 << 14;
@@ -325,34 +325,31 @@ impl SourceRegistry {
     /// `test_devices` "pc-testdev" on every pin (port 0x2000+n drives pin
     /// n), and the I/O APIC MMIO window. Devices added later name their pin
     /// with [`SourceRegistry::name_pin`] and attach their registers.
-    pub fn platform(test_devices: bool) -> Self {
+    /// The registry before any device is placed: the I/O APIC's own
+    /// register window. Devices add themselves as they are placed
+    /// (vmm::place_pio, virtio_setup), so a device that does not exist has
+    /// no row.
+    pub fn platform() -> Self {
         use devices::ioapic::{IOAPIC_BASE, IOAPIC_SIZE};
-        use devices::pit::{PIT_BASE, PIT_IRQ_PIN, PIT_LEN, PORT61};
-        use devices::serial::{COM1_BASE, COM1_PIN};
-        use devices::testdev::{TESTDEV_IRQ_BASE, TESTDEV_IRQ_LINES};
         let mut r = SourceRegistry::new();
-        if let Some(pit) = r.name_pin(PIT_IRQ_PIN, "pit") {
-            r.attach_pio(pit, PIT_BASE.into(), PIT_LEN);
-            r.attach_pio(pit, PORT61.into(), 1);
-        }
-        if let Some(serial) = r.name_pin(COM1_PIN, "serial") {
-            r.attach_pio(serial, COM1_BASE, 8);
-        }
-        if test_devices {
-            // pc-testdev can drive any pin; it names only the pins no
-            // device owns, but its port for pin n counts on pin n anyway.
-            for n in 0..(TESTDEV_IRQ_LINES as usize).min(NUM_PINS) {
-                if r.sources[n].name.is_none() {
-                    r.name_pin(n, "pc-testdev");
-                }
-                if let Some(src) = r.pin_source(n) {
-                    r.attach_pio(src, TESTDEV_IRQ_BASE + n as u64, 1);
-                }
-            }
-        }
         let io = r.add_source("ioapic-mmio", SourceKind::IoapicMmio);
         r.attach_mmio(io, IOAPIC_BASE, IOAPIC_SIZE);
         r
+    }
+
+    /// pc-testdev can drive any pin: it names the pins no device owns, and
+    /// its port for pin n counts on pin n's source either way. Call after
+    /// the devices are placed.
+    pub fn attach_testdev_lines(&mut self) {
+        use devices::testdev::{TESTDEV_IRQ_BASE, TESTDEV_IRQ_LINES};
+        for n in 0..(TESTDEV_IRQ_LINES as usize).min(NUM_PINS) {
+            if self.sources[n].name.is_none() {
+                self.name_pin(n, "pc-testdev");
+            }
+            if let Some(src) = self.pin_source(n) {
+                self.attach_pio(src, TESTDEV_IRQ_BASE + n as u64, 1);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -29,8 +29,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use devices::interrupt::lock;
 use devices::ioapic::{IoApic, PinRoute};
+use devices::sync::lock;
 
 use crate::sources::{SourceRegistry, TracedCounts, SOURCE_IPI, SOURCE_LAPIC_LOCAL};
 

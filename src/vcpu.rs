@@ -14,9 +14,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use arch::cpuid::{patch_cpuid, CpuidConfig};
 use arch::regs::{self, EntryMode};
-use devices::interrupt::lock;
 use devices::ioapic::IoApic;
 use devices::pic::Pic;
+use devices::sync::lock;
 use devices::{Bus, ExitReason, VmControl};
 
 use crate::error::{kvm, Error, Result};

@@ -16,9 +16,10 @@ use serde::Serialize;
 use vm_memory::GuestMemoryMmap;
 
 use arch::layout::VIRTIO_MMIO_START;
-use devices::interrupt::{lock, EventRegistry, GsiAllocator, KVM_MAX_IRQ_ROUTES};
+use devices::interrupt::{EventRegistry, GsiAllocator, KVM_MAX_IRQ_ROUTES};
 use devices::ioapic::IoApic;
 use devices::pci::{MsixConfig, PciDevice, PciSegment};
+use devices::sync::lock;
 use devices::virtio::block::Block;
 use devices::virtio::mmio::{MmioTransport, MMIO_SIZE};
 use devices::virtio::net::{parse_mac, Net};

@@ -13,8 +13,8 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use arch::layout;
-use devices::interrupt::lock;
 use devices::interrupt::{EventRegistry, IoEventAddress};
+use devices::sync::lock;
 use devices::{InterruptError, MsiMessage, MsiRouting};
 use kvm_ioctls::NoDatamatch;
 use vmm_sys_util::eventfd::EventFd;

@@ -18,13 +18,13 @@ use devices::channel::{
     Channel, ControlPort, CountingSink, COM2_BASE, COM2_PIN, COM3_BASE, COM3_PIN, COM4_BASE,
     COM4_PIN,
 };
-use devices::interrupt::lock;
 use devices::ioapic::{IoApic, IOAPIC_BASE, IOAPIC_SIZE};
 use devices::legacy::{QuietPorts, I8042, QUIET_PORTS};
 use devices::pci::PciSegment;
 use devices::pic::{self, Pic, PicPorts};
 use devices::pit::{Pit, PIT_BASE, PIT_LEN, PORT61};
 use devices::serial::{PanicWatch, SerialDevice, SerialOutput, COM1_BASE, COM1_PIN};
+use devices::sync::lock;
 use devices::testdev::{self, DebugExit, IrqLines, MsiTestPort, Scratch};
 use devices::{fwcfg::FwCfg, Bus, BusDevice, ExitReason, IrqLine, MsiRouting, VmControl};
 
@@ -140,6 +140,26 @@ fn dev<T: BusDevice + 'static>(d: T) -> Arc<Mutex<dyn BusDevice>> {
     Arc::new(Mutex::new(d))
 }
 
+/// Place a port-I/O device, once: on the bus, and, when it raises an I/O
+/// APIC pin, as that pin's interrupt source owning these ports. So the
+/// report has a source row exactly for the devices that exist.
+fn place_pio(
+    pio: &mut Bus,
+    sources: &mut SourceRegistry,
+    name: &'static str,
+    base: u64,
+    len: u64,
+    device: Arc<Mutex<dyn BusDevice>>,
+    pin: Option<usize>,
+) -> Result<()> {
+    pio.insert(name, base, len, device)
+        .map_err(io_setup(name))?;
+    if let Some(src) = pin.and_then(|p| sources.name_pin(p, name)) {
+        sources.attach_pio(src, base, len);
+    }
+    Ok(())
+}
+
 /// Validate the arguments a user can get wrong before touching KVM.
 /// Returns the guest memory size and the serial destination.
 fn check_args(args: &RunArgs) -> Result<(u64, SerialDest)> {
@@ -253,7 +273,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let mut kvm_stats = KvmStats::new(&*vm_fd);
     // Interrupt sources: the platform's pins and register ranges; devices
     // with MSIs register below (see src/sources.rs).
-    let mut sources = SourceRegistry::platform(args.test_devices);
+    let mut sources = SourceRegistry::platform();
 
     let control = Arc::new(VmControl::new());
     let router: Arc<GsiRouter> = Arc::new(GsiRouter::new(vm_fd.clone()));
@@ -291,8 +311,15 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let last_line = out.last_line();
     let console_tail = out.tail();
     let serial = SerialDevice::new(isa(COM1_PIN as u8), out);
-    pio.insert("serial", COM1_BASE, 8, dev(serial))
-        .map_err(io_setup("serial"))?;
+    place_pio(
+        &mut pio,
+        &mut sources,
+        "serial",
+        COM1_BASE,
+        8,
+        dev(serial),
+        Some(COM1_PIN),
+    )?;
     let i8042: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(I8042::new(control.clone())));
     pio.insert_with_offset("i8042", 0x60, 1, i8042.clone(), 0)
         .map_err(io_setup("i8042"))?;
@@ -306,10 +333,25 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             msg: e.to_string(),
         })?;
         let port61 = pit.port61();
-        pio.insert("pit", PIT_BASE.into(), PIT_LEN, dev(pit))
-            .map_err(io_setup("pit"))?;
-        pio.insert("pit", PORT61.into(), 1, dev(port61))
-            .map_err(io_setup("pit"))?;
+        let pin = arch::layout::isa_irq_pin(PIT_ISA_IRQ).map(usize::from);
+        place_pio(
+            &mut pio,
+            &mut sources,
+            "pit",
+            PIT_BASE.into(),
+            PIT_LEN,
+            dev(pit),
+            pin,
+        )?;
+        place_pio(
+            &mut pio,
+            &mut sources,
+            "pit",
+            PORT61.into(),
+            1,
+            dev(port61),
+            pin,
+        )?;
     }
     // `-- CMD`: the host-guest channel on COM2-COM4 (devices/src/channel.rs).
     let channel = if args.command_mode() {
@@ -321,33 +363,37 @@ pub fn run(args: &RunArgs) -> Result<i32> {
                 SerialOutput::new(Box::new(sink)),
             ))
         };
-        pio.insert(
+        // Each port is an interrupt source on its ISA pin (shared as on a PC).
+        let stdout = stream(Box::new(std::io::stdout()), false, COM2_PIN);
+        place_pio(
+            &mut pio,
+            &mut sources,
             "cmd-stdout",
             COM2_BASE,
             8,
-            stream(Box::new(std::io::stdout()), false, COM2_PIN),
-        )
-        .map_err(io_setup("cmd-stdout"))?;
-        pio.insert(
+            stdout,
+            Some(COM2_PIN),
+        )?;
+        let stderr = stream(Box::new(std::io::stderr()), true, COM3_PIN);
+        place_pio(
+            &mut pio,
+            &mut sources,
             "cmd-stderr",
             COM3_BASE,
             8,
-            stream(Box::new(std::io::stderr()), true, COM3_PIN),
-        )
-        .map_err(io_setup("cmd-stderr"))?;
-        // Each port is an interrupt source on its ISA pin (shared as on a PC).
-        for (name, pin, base) in [
-            ("cmd-stdout", COM2_PIN, COM2_BASE),
-            ("cmd-stderr", COM3_PIN, COM3_BASE),
-            ("cmd-control", COM4_PIN, COM4_BASE),
-        ] {
-            if let Some(src) = sources.name_pin(pin, name) {
-                sources.attach_pio(src, base, 8);
-            }
-        }
-        let ctl = ControlPort::new(isa(COM4_PIN as u8), ch.clone());
-        pio.insert("cmd-control", COM4_BASE, 8, dev(ctl))
-            .map_err(io_setup("cmd-control"))?;
+            stderr,
+            Some(COM3_PIN),
+        )?;
+        let ctl = dev(ControlPort::new(isa(COM4_PIN as u8), ch.clone()));
+        place_pio(
+            &mut pio,
+            &mut sources,
+            "cmd-control",
+            COM4_BASE,
+            8,
+            ctl,
+            Some(COM4_PIN),
+        )?;
         Some(ch)
     } else {
         None
@@ -359,6 +405,8 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     }
     let mut msi_injected = None;
     if args.test_devices {
+        // After the devices above: pc-testdev names only the pins no device owns.
+        sources.attach_testdev_lines();
         pio.insert(
             "debug-exit",
             testdev::DEBUG_EXIT_PORT,

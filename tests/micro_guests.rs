@@ -537,3 +537,41 @@ fn hidden_x2apic_leaves_cpuid_bit_21_clear_and_logical_ipis_work_in_xapic_mode()
         run.context()
     );
 }
+
+#[test]
+fn an_absent_device_has_no_row_in_the_table_or_the_json() {
+    let run = run_guest_with("hello", 1, &["--no-pit", "--stats"]);
+    let names: Vec<String> = run
+        .stats
+        .get("sources")
+        .map(JsonExt::items)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|s| s.get("name").and_then(|n| n.as_str()).map(str::to_string))
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.split('+').any(|x| x == "pit")),
+        "--no-pit left a pit source in the JSON: {names:?}\n{}",
+        run.context()
+    );
+    assert!(
+        names.iter().any(|n| n == "serial"),
+        "the serial port (present) lost its row: {names:?}"
+    );
+    assert!(
+        !run.stderr
+            .lines()
+            .any(|l| l.trim_start().starts_with("pit (")),
+        "--no-pit left a pit row in the table\n{}",
+        run.context()
+    );
+    // With the PIT present, its row is there.
+    let with = run_guest_with("hello", 1, &["--stats"]);
+    assert!(
+        with.stderr
+            .lines()
+            .any(|l| l.trim_start().starts_with("pit (pin 2)")),
+        "{}",
+        with.context()
+    );
+}

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use crate::interrupt::lock;
+use crate::sync::lock;
 
 /// A device on a [`Bus`]. `offset` is relative to the start of the range the
 /// device was registered at. Accesses are 1, 2, 4 or 8 bytes.

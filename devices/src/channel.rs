@@ -28,8 +28,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::bus::BusDevice;
 use crate::control::{ExitReason, VmControl};
-use crate::interrupt::{lock, IrqLine};
+use crate::irq_line::IrqLine;
 use crate::serial::{SerialDevice, SerialOutput};
+use crate::sync::lock;
 
 pub const COM2_BASE: u64 = 0x2f8;
 pub const COM3_BASE: u64 = 0x3e8;

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use crate::interrupt::lock;
+use crate::sync::lock;
 
 /// Why the VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,6 +11,7 @@ pub mod control;
 pub mod fwcfg;
 pub mod interrupt;
 pub mod ioapic;
+pub mod irq_line;
 pub mod legacy;
 pub mod pci;
 pub mod pic;
@@ -23,4 +24,5 @@ pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use control::{ExitReason, VmControl};
-pub use interrupt::{InterruptError, IrqLine, MsiMessage, MsiRouting};
+pub use interrupt::{InterruptError, MsiMessage, MsiRouting};
+pub use irq_line::IrqLine;

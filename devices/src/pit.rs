@@ -47,7 +47,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::bus::BusDevice;
-use crate::interrupt::{lock, IrqLine};
+use crate::irq_line::IrqLine;
+use crate::sync::lock;
 
 /// First port of the PIT (counter 0); counters 0-2 and the control word.
 pub const PIT_BASE: u16 = 0x40;

@@ -9,7 +9,8 @@ use vm_superio::{Serial, Trigger};
 
 use crate::bus::BusDevice;
 use crate::control::{ExitReason, VmControl};
-use crate::interrupt::{lock, IrqLine};
+use crate::irq_line::IrqLine;
+use crate::sync::lock;
 
 pub const COM1_BASE: u64 = 0x3f8;
 pub const COM1_PIN: usize = 4;

@@ -7,9 +7,11 @@ use std::sync::{Arc, Mutex};
 
 use crate::bus::BusDevice;
 use crate::control::{ExitReason, VmControl};
-use crate::interrupt::{lock, IrqLine, MsiMessage, MsiRouting};
+use crate::interrupt::{MsiMessage, MsiRouting};
 use crate::ioapic::IoApic;
+use crate::irq_line::IrqLine;
 use crate::pic::Pic;
+use crate::sync::lock;
 
 pub const DEBUG_EXIT_PORT: u64 = 0xf4;
 pub const TESTDEV_IRQ_BASE: u64 = 0x2000;

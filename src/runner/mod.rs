@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use devices::channel::MAX_LINE;
 use devices::control::command_status;
-use devices::interrupt::lock;
+use devices::sync::lock;
 
 use crate::cli::{TestArgs, Transport};
 use manifest::Case;

@@ -23,7 +23,8 @@ use std::sync::{Arc, Mutex};
 
 use super::vector::{IrqfdVectors, VectorReport};
 use super::PciError;
-use crate::interrupt::{lock, EventRegistry, MsiMessage, MsiRouting, SharedGsiAllocator};
+use crate::interrupt::{EventRegistry, MsiMessage, MsiRouting, SharedGsiAllocator};
+use crate::sync::lock;
 
 const CTRL_ENABLE: u16 = 1;
 const CTRL_64BIT: u16 = 1 << 7;

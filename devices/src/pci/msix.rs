@@ -27,7 +27,8 @@ use std::sync::{Arc, Mutex};
 
 use super::vector::{IrqfdVectors, VectorReport};
 use super::PciError;
-use crate::interrupt::{lock, EventRegistry, MsiMessage, MsiRouting, SharedGsiAllocator};
+use crate::interrupt::{EventRegistry, MsiMessage, MsiRouting, SharedGsiAllocator};
+use crate::sync::lock;
 
 pub const MSIX_TABLE_ENTRY_SIZE: u64 = 16;
 /// Table size field is 11 bits.

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use super::{BarKind, PciConfiguration, PciDevice, PciError, PciIds, COMMAND_MEMORY, NUM_BARS};
 use crate::bus::{Bus, BusDevice, BusError};
 use crate::control::{ExitReason, VmControl};
-use crate::interrupt::lock;
+use crate::sync::lock;
 
 /// Configuration mechanism #1 ports: 0xCF8..0xCFF.
 pub const PCI_CONFIG_IO_BASE: u64 = 0xcf8;

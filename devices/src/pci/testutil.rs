@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::interrupt::{
-    lock, EventRegistry, GsiAllocator, InterruptError, IoEventAddress, MsiMessage, MsiRouting,
+    EventRegistry, GsiAllocator, InterruptError, IoEventAddress, MsiMessage, MsiRouting,
     SharedGsiAllocator,
 };
+use crate::sync::lock;
 
 struct Registered {
     raw: i32,

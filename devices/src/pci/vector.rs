@@ -18,7 +18,8 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::PciError;
-use crate::interrupt::{lock, EventRegistry, MsiMessage, MsiRouting, SharedGsiAllocator};
+use crate::interrupt::{EventRegistry, MsiMessage, MsiRouting, SharedGsiAllocator};
+use crate::sync::lock;
 
 /// Per-vector counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

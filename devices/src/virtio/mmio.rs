@@ -71,7 +71,9 @@ use super::{
     STATUS_FEATURES_OK, STATUS_NEEDS_RESET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::bus::BusDevice;
-use crate::interrupt::{lock, EventRegistry, InterruptError, IoEventAddress, IrqLine};
+use crate::interrupt::{EventRegistry, InterruptError, IoEventAddress};
+use crate::irq_line::IrqLine;
+use crate::sync::lock;
 
 /// Size of one virtio-mmio window.
 pub const MMIO_SIZE: u64 = 0x1000;

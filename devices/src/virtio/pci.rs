@@ -773,9 +773,9 @@ mod tests {
 
     use super::super::{ActivateError, STATUS_ACKNOWLEDGE, STATUS_DRIVER};
     use super::*;
-    use crate::interrupt::lock;
     use crate::pci::testutil::FakeKvm;
     use crate::pci::{PciSegment, CAP_ID_MSIX};
+    use crate::sync::lock;
 
     const START: u64 = 0xc000_0000;
     const END: u64 = 0xfec0_0000;
