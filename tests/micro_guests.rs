@@ -128,7 +128,13 @@ fn run_guest_with(name: &str, cpus: u32, extra: &[&str]) -> GuestRun {
         "micro-guest {} was not built",
         kernel.display()
     );
-    let dir = std::env::temp_dir().join(format!("splitvm-micro-{name}-{}", std::process::id()));
+    // One directory per run: tests run in parallel and may boot the same guest.
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run_no = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "splitvm-micro-{name}-{}-{run_no}",
+        std::process::id()
+    ));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).expect("temporary directory");
     let serial_path = dir.join("serial.txt");
