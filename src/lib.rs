@@ -6,6 +6,7 @@ pub mod counters;
 pub mod error;
 pub mod host;
 pub mod initramfs;
+pub mod irqchip;
 pub mod kvm_stats;
 pub mod loader;
 pub mod logger;

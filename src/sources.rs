@@ -18,7 +18,7 @@
 //!   device's own [`MsiVectorCounters`]) for MSI sources;
 //! - EOI exits: every `KVM_EXIT_IOAPIC_EOI` is attributed, on the vCPU
 //!   thread at the moment of the exit, to the level pins that carry that
-//!   vector *then* (see [`eoi_pins`]), so a guest that reprograms an RTE
+//!   vector *then* (`IoApic::end_of_interrupt` returns them), so a guest that reprograms an RTE
 //!   during the run is attributed correctly;
 //! - userspace PIO/MMIO exits on the source's own registers (address ranges
 //!   attached with [`SourceRegistry::attach_pio`] / `attach_mmio`).
@@ -32,14 +32,10 @@ use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 
-use devices::ioapic::{IoApic, PinRoute, PinStats, NUM_PINS};
+use devices::ioapic::{PinRoute, PinStats, NUM_PINS};
 use devices::{InterruptError, MsiMessage, MsiRouting};
 
 use crate::counters::VcpuStats;
-
-// RTE bits (82093AA) read through `IoApic::rte`.
-const RTE_REMOTE_IRR: u64 = 1 << 14;
-const RTE_LEVEL: u64 = 1 << 15;
 
 /// What kind of source a registry entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -632,31 +628,6 @@ impl SourceRegistry {
             }
         }
         out
-    }
-}
-
-/// Level pins an EOI for `vector` concerns at this moment, as a bit mask:
-/// the level-triggered pins with that vector whose Remote IRR is set (the
-/// ones the EOI completes); if there are none, the level pins that carry
-/// the vector at all (a late EOI after a reprogramming). Call it with the
-/// I/O APIC locked, *before* `end_of_interrupt` clears Remote IRR.
-pub fn eoi_pins(io: &IoApic, vector: u8) -> u32 {
-    let mut irr = 0u32;
-    let mut level = 0u32;
-    for pin in 0..NUM_PINS {
-        let rte = io.rte(pin);
-        let dm = (rte >> 8) & 7;
-        if (rte & 0xff) as u8 == vector && rte & RTE_LEVEL != 0 && dm <= 1 {
-            level |= 1 << pin;
-            if rte & RTE_REMOTE_IRR != 0 {
-                irr |= 1 << pin;
-            }
-        }
-    }
-    if irr != 0 {
-        irr
-    } else {
-        level
     }
 }
 

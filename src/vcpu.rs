@@ -3,7 +3,7 @@
 //! (devices behind their own locks) and the VM stop flag.
 
 use std::cell::Cell;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use kvm_bindings::{
     kvm_msr_entry, CpuId, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
@@ -14,13 +14,12 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use arch::cpuid::{patch_cpuid, CpuidConfig};
 use arch::regs::{self, EntryMode};
-use devices::ioapic::IoApic;
 use devices::pic::Pic;
-use devices::sync::lock;
 use devices::{Bus, ExitReason, VmControl};
 
 use crate::error::{kvm, Error, Result};
-use crate::sources::{self, SourceRegistry};
+use crate::irqchip::SplitIrqChip;
+use crate::sources::SourceRegistry;
 use crate::stats::{ExitKind, VcpuCounters, VcpuStats};
 
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
@@ -147,7 +146,8 @@ pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
 pub struct VcpuContext {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
-    pub ioapic: Arc<Mutex<IoApic>>,
+    /// The userspace irqchip: EOI exits go to it; vCPU 0 takes its PIC.
+    pub irqchip: Arc<SplitIrqChip>,
     pub control: Arc<VmControl>,
     pub mem: GuestMemoryMmap,
     /// This vCPU's counters (written only here, read by the supervisor).
@@ -156,9 +156,9 @@ pub struct VcpuContext {
     pub sources: Arc<SourceRegistry>,
     /// Test-only fault to inject in this vCPU (`--fault-inject`).
     pub fault: Option<crate::cli::FaultInject>,
-    /// The 8259 pair, on vCPU 0 only: its INT output reaches this vCPU's
-    /// LINT0 (ExtINT, virtual wire), as on a PC.
-    pub pic: Option<Arc<Pic>>,
+    /// vCPU 0: the 8259's INT output reaches this vCPU's LINT0 (ExtINT,
+    /// virtual wire), as on a PC.
+    pub extint: bool,
 }
 
 thread_local! {
@@ -236,7 +236,8 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, mut ctx: VcpuContext) -> VcpuStats {
     crate::startup::mark_first_kvm_run();
     let run_ptr: *mut kvm_bindings::kvm_run = vcpu.get_kvm_run();
     KVM_RUN.with(|r| r.set(run_ptr));
-    if let Some(pic) = &ctx.pic {
+    let pic: Option<Arc<Pic>> = ctx.extint.then(|| ctx.irqchip.pic().clone());
+    if let Some(pic) = &pic {
         // A rising PIC output kicks this thread out of KVM_RUN (or a halt).
         // By kernel thread id, not pthread_t: the hook is removed before
         // this thread ends, and a late tgkill to a gone tid only fails.
@@ -253,7 +254,7 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, mut ctx: VcpuContext) -> VcpuStats {
         if ctx.control.is_stopping() {
             break;
         }
-        if let Some(pic) = &ctx.pic {
+        if let Some(pic) = &pic {
             pic_pre_run(&mut vcpu, pic, id, &ctx.control);
         }
         let mut internal = false;
@@ -306,14 +307,9 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, mut ctx: VcpuContext) -> VcpuStats {
                     VcpuExit::IoapicEoi(vector) => {
                         stats.exit(ExitKind::IoapicEoi);
                         stats.eoi_vectors[vector as usize].inc();
-                        // Attribute now, to the level pins that carry this
-                        // vector at this moment (before Remote IRR clears).
-                        let pins = {
-                            let mut io = lock(&ctx.ioapic);
-                            let pins = sources::eoi_pins(&io, vector);
-                            io.end_of_interrupt(vector);
-                            pins
-                        };
+                        // The irqchip ends the level interrupt(s) and says
+                        // which pins they were, for attribution.
+                        let pins = ctx.irqchip.eoi_exit(vector);
                         stats.eoi_exit(pins, |p| ctx.sources.pin_source(p));
                     }
                     VcpuExit::Hlt => stats.exit(ExitKind::Hlt),
@@ -389,7 +385,7 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, mut ctx: VcpuContext) -> VcpuStats {
     // Before `vcpu` (and its kvm_run mapping) goes away: later kicks (the
     // supervisor keeps kicking until the thread ends) must not write to it.
     KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
-    if let Some(pic) = &ctx.pic {
+    if let Some(pic) = &pic {
         pic.clear_kick();
     }
     stats.snapshot()

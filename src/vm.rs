@@ -2,6 +2,7 @@
 //! routing table that carries every interrupt splitvm delivers.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
@@ -13,7 +14,7 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use arch::layout;
-use devices::interrupt::{EventRegistry, IoEventAddress};
+use devices::interrupt::{EventRegistry, IoEventAddress, KVM_MAX_IRQ_ROUTES};
 use devices::sync::lock;
 use devices::{InterruptError, MsiMessage, MsiRouting};
 use kvm_ioctls::NoDatamatch;
@@ -22,7 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::error::{kvm, Error, Result};
 
 /// I/O APIC pins reserved with KVM_CAP_SPLIT_IRQCHIP; pin i is GSI i.
-pub const IOAPIC_PINS: u64 = 24;
+pub const IOAPIC_PINS: u64 = devices::interrupt::IOAPIC_PINS as u64;
 
 /// Capabilities splitvm cannot run without, with the name we report.
 const REQUIRED_CAPS: &[(Cap, &str)] = &[
@@ -131,12 +132,18 @@ pub fn guest_memory(mem_size: u64) -> Result<GuestMemoryMmap> {
     GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::GuestMemory(e.to_string()))
 }
 
+/// GSIs KVM accepts routes for (KVM_MAX_IRQ_ROUTES on x86).
+const MAX_GSIS: usize = KVM_MAX_IRQ_ROUTES as usize;
+
 /// The whole GSI routing table, owned in userspace and pushed to KVM in one
-/// KVM_SET_GSI_ROUTING per change. Pins 0..23 and MSI vectors (24+) alike
-/// are MSI routes.
+/// KVM_SET_GSI_ROUTING per batch of changes. Pins 0..23 and MSI vectors
+/// (24+) alike are MSI routes. Signalling a GSI takes no lock: it reads a
+/// bitmap of the GSIs KVM has a route for, so a PIT tick never waits behind
+/// an MSI-X route push.
 pub struct GsiRouter {
     vm: Arc<VmFd>,
     routes: Mutex<BTreeMap<u32, MsiMessage>>,
+    installed: [AtomicU64; MAX_GSIS / 64],
 }
 
 impl GsiRouter {
@@ -144,7 +151,58 @@ impl GsiRouter {
         GsiRouter {
             vm,
             routes: Mutex::new(BTreeMap::new()),
+            installed: std::array::from_fn(|_| AtomicU64::new(0)),
         }
+    }
+
+    fn mark(&self, gsi: u32, present: bool) {
+        if let Some(w) = self.installed.get(gsi as usize / 64) {
+            let bit = 1u64 << (gsi % 64);
+            if present {
+                w.fetch_or(bit, Ordering::Release);
+            } else {
+                w.fetch_and(!bit, Ordering::Release);
+            }
+        }
+    }
+
+    fn has_route(&self, gsi: u32) -> bool {
+        self.installed
+            .get(gsi as usize / 64)
+            .is_some_and(|w| w.load(Ordering::Acquire) & (1u64 << (gsi % 64)) != 0)
+    }
+
+    /// Apply `batch` to the table and push it once if anything changed. On
+    /// a KVM error the table stays as it was.
+    fn apply(
+        &self,
+        batch: &[(u32, Option<MsiMessage>)],
+    ) -> std::result::Result<(), InterruptError> {
+        let mut routes = lock(&self.routes);
+        let mut next = routes.clone();
+        let mut changed = false;
+        for &(gsi, msg) in batch {
+            if gsi as usize >= MAX_GSIS {
+                return Err(InterruptError::GsiOutOfRange(gsi));
+            }
+            changed |= match msg {
+                Some(m) => next.insert(gsi, m) != Some(m),
+                None => next.remove(&gsi).is_some(),
+            };
+        }
+        if !changed {
+            return Ok(());
+        }
+        // A GSI losing its route stops being signalled before KVM drops it.
+        for gsi in routes.keys().filter(|g| !next.contains_key(g)) {
+            self.mark(*gsi, false);
+        }
+        self.push(&next)?;
+        for gsi in next.keys() {
+            self.mark(*gsi, true);
+        }
+        *routes = next;
+        Ok(())
     }
 
     fn push(&self, routes: &BTreeMap<u32, MsiMessage>) -> std::result::Result<(), InterruptError> {
@@ -176,19 +234,18 @@ impl MsiRouting for GsiRouter {
         gsi: u32,
         msg: Option<MsiMessage>,
     ) -> std::result::Result<(), InterruptError> {
-        let mut routes = lock(&self.routes);
-        let changed = match msg {
-            Some(m) => routes.insert(gsi, m) != Some(m),
-            None => routes.remove(&gsi).is_some(),
-        };
-        if changed {
-            self.push(&routes)?;
-        }
-        Ok(())
+        self.apply(&[(gsi, msg)])
+    }
+
+    fn set_routes(
+        &self,
+        batch: &[(u32, Option<MsiMessage>)],
+    ) -> std::result::Result<(), InterruptError> {
+        self.apply(batch)
     }
 
     fn signal(&self, gsi: u32) -> std::result::Result<(), InterruptError> {
-        if !lock(&self.routes).contains_key(&gsi) {
+        if !self.has_route(gsi) {
             return Err(InterruptError::NoRoute(gsi));
         }
         // KVM_IRQ_LINE on an MSI route injects synchronously, from any thread.

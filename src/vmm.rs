@@ -18,20 +18,21 @@ use devices::channel::{
     Channel, ControlPort, CountingSink, COM2_BASE, COM2_PIN, COM3_BASE, COM3_PIN, COM4_BASE,
     COM4_PIN,
 };
-use devices::ioapic::{IoApic, IOAPIC_BASE, IOAPIC_SIZE};
+use devices::ioapic::{IOAPIC_BASE, IOAPIC_SIZE};
 use devices::legacy::{QuietPorts, I8042, QUIET_PORTS};
 use devices::pci::PciSegment;
-use devices::pic::{self, Pic, PicPorts};
+use devices::pic::{self, PicPorts};
 use devices::pit::{Pit, PIT_BASE, PIT_LEN, PORT61};
 use devices::serial::{PanicWatch, SerialDevice, SerialOutput, COM1_BASE, COM1_PIN};
 use devices::sync::lock;
 use devices::testdev::{self, DebugExit, IrqLines, MsiTestPort, Scratch};
-use devices::{fwcfg::FwCfg, Bus, BusDevice, ExitReason, IrqLine, MsiRouting, VmControl};
+use devices::{fwcfg::FwCfg, Bus, BusDevice, ExitReason, VmControl};
 
 use crate::cli::{parse_size, KernelFormat, RunArgs};
 use crate::error::{Error, Result};
 use crate::host;
 use crate::initramfs;
+use crate::irqchip::SplitIrqChip;
 use crate::kvm_stats::KvmStats;
 use crate::loader;
 use crate::sources::SourceRegistry;
@@ -39,8 +40,7 @@ use crate::stats::{ReportInputs, SnapshotInfo, VcpuCounters, VcpuStats};
 use crate::trace::{TraceReport, Tracer};
 use crate::vcpu::{self, VcpuContext};
 use crate::virtio_setup;
-use crate::vm::{self, GsiRouter};
-use devices::interrupt::EventRegistry;
+use crate::vm;
 
 pub const MAX_CPUS: u32 = 64;
 
@@ -276,21 +276,14 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let mut sources = SourceRegistry::platform();
 
     let control = Arc::new(VmControl::new());
-    let router: Arc<GsiRouter> = Arc::new(GsiRouter::new(vm_fd.clone()));
-    let routing: Arc<dyn MsiRouting> = router.clone();
-    let ioapic = Arc::new(Mutex::new(IoApic::new(routing.clone())));
-    lock(&ioapic).install_routes().map_err(|e| Error::Setup {
-        what: "I/O APIC routes",
-        msg: e.to_string(),
-    })?;
-
-    // The 8259 pair: every ISA interrupt line drives its PIC input and its
-    // I/O APIC pin together (arch::layout::isa_irq_pin), as on a PC.
-    let pic = Arc::new(Pic::new());
-    let isa = |irq: u8| {
-        let pin = arch::layout::isa_irq_pin(irq).unwrap_or(irq) as usize;
-        IrqLine::new(ioapic.clone(), pin).with_pic(pic.clone(), irq)
-    };
+    // The userspace half of the split irqchip: GSI routes, I/O APIC, 8259
+    // pair, MSI GSIs (src/irqchip.rs). Every ISA line drives its PIC input
+    // and its I/O APIC pin together, as on a PC.
+    let irqchip = SplitIrqChip::new(vm_fd.clone())?;
+    let ioapic = irqchip.ioapic().clone();
+    let pic = irqchip.pic().clone();
+    let routing = irqchip.routing();
+    let isa = |irq: u8| irqchip.isa_line(irq);
 
     // Port I/O devices.
     let mut pio = Bus::new();
@@ -475,7 +468,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     }
 
     // Virtio devices (--disk, --net) on --transport pci|mmio.
-    let events: Arc<dyn EventRegistry> = router.clone();
+    let events = irqchip.events();
     let virtio = virtio_setup::attach(
         &args.disk,
         &args.net,
@@ -606,13 +599,13 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         let ctx = VcpuContext {
             pio: pio.clone(),
             mmio: mmio.clone(),
-            ioapic: ioapic.clone(),
+            irqchip: irqchip.clone(),
             control: control.clone(),
             mem: mem.clone(),
             counters: counters[id].clone(),
             sources: sources.clone(),
             fault: args.fault_inject.filter(|_| id == 0),
-            pic: (id == 0).then(|| pic.clone()),
+            extint: id == 0,
         };
         let pin_to = (!host_cpus.is_empty()).then(|| host_cpus[id % host_cpus.len()]);
         let h = thread::Builder::new()

@@ -201,6 +201,19 @@ pub enum InterruptError {
 pub trait MsiRouting: Send + Sync {
     /// Install (or replace) the MSI route of `gsi`. `None` removes it.
     fn set_route(&self, gsi: u32, msg: Option<MsiMessage>) -> Result<(), InterruptError>;
+    /// Several route changes at once; a KVM backend pushes its table once
+    /// for the whole batch. The default applies them one by one.
+    fn set_routes(&self, batch: &[(u32, Option<MsiMessage>)]) -> Result<(), InterruptError> {
+        let mut first = Ok(());
+        for (gsi, msg) in batch {
+            if let Err(e) = self.set_route(*gsi, *msg) {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
     /// Deliver one interrupt through the current route of `gsi`, synchronously:
     /// when this returns, KVM has accepted it into the target LAPIC(s).
     fn signal(&self, gsi: u32) -> Result<(), InterruptError>;
@@ -243,9 +256,13 @@ pub trait EventRegistry: Send + Sync {
     ) -> Result<(), InterruptError>;
 }
 
-/// First GSI handed out to MSI/MSI-X vectors: GSIs 0..23 belong to the
+/// I/O APIC input pins; pin i is GSI i (the one place this number is
+/// written: the I/O APIC, KVM_CAP_SPLIT_IRQCHIP and the GSI plan use it).
+pub const IOAPIC_PINS: usize = 24;
+
+/// First GSI handed out to MSI/MSI-X vectors: GSIs below it belong to the
 /// I/O APIC pins.
-pub const FIRST_MSI_GSI: u32 = 24;
+pub const FIRST_MSI_GSI: u32 = IOAPIC_PINS as u32;
 
 /// KVM's limit on routing entries (`KVM_MAX_IRQ_ROUTES` on x86), the usual
 /// `limit` for [`GsiAllocator::new`].

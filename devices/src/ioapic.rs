@@ -46,7 +46,7 @@ use std::sync::Arc;
 use crate::bus::BusDevice;
 use crate::interrupt::{InterruptError, MsiMessage, MsiRouting};
 
-pub const NUM_PINS: usize = 24;
+pub const NUM_PINS: usize = crate::interrupt::IOAPIC_PINS;
 pub const IOAPIC_BASE: u64 = 0xFEC0_0000;
 pub const IOAPIC_SIZE: u64 = 0x1000;
 /// Version register: max redirection entry 23 in bits 23:16, version 0x20.
@@ -220,15 +220,30 @@ impl IoApic {
     /// Install the route of every pin whose route is missing or stale.
     /// Tries all pins; returns the first error.
     pub fn install_routes(&mut self) -> Result<(), InterruptError> {
-        let mut first = Ok(());
-        for pin in 0..NUM_PINS {
-            if let Err(e) = self.sync_route(pin) {
-                if first.is_ok() {
-                    first = Err(e);
+        // One batch: a KVM router pushes its table once for all pins.
+        let batch: Vec<(u32, Option<MsiMessage>)> = (0..NUM_PINS)
+            .map(|pin| (pin as u32, self.wanted_route(pin)))
+            .filter(|(pin, want)| self.installed[*pin as usize] != *want)
+            .collect();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match self.routing.set_routes(&batch) {
+            Ok(()) => {
+                for (pin, want) in batch {
+                    self.installed[pin as usize] = want;
                 }
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.route_errors += 1;
+                self.warn_once(
+                    WARN_ROUTE,
+                    format_args!("installing the pin routes failed: {e}"),
+                );
+                Err(e)
             }
         }
-        first
     }
 
     /// Hardware reset: ID 0, IOREGSEL 0, all entries masked, Remote IRR
@@ -276,13 +291,34 @@ impl IoApic {
     /// End of interrupt for `vector` (from `KVM_EXIT_IOAPIC_EOI` or the EOI
     /// register): clears Remote IRR of every entry with that vector and
     /// redelivers those whose line is still asserted and unmasked.
-    pub fn end_of_interrupt(&mut self, vector: u8) {
+    ///
+    /// Returns the pins the EOI belongs to, as a bit mask, for attributing
+    /// the exit: the pins whose Remote IRR it cleared; if none, the
+    /// level-triggered fixed/lowest-priority pins that carry the vector at
+    /// all (a late EOI after the guest reprogrammed or EOIed through the
+    /// EOI register); 0 if no pin carries it.
+    pub fn end_of_interrupt(&mut self, vector: u8) -> u32 {
+        let mut ended = 0u32;
+        let mut carrying = 0u32;
         for pin in 0..NUM_PINS {
-            if self.remote_irr[pin] && (self.rte[pin] & RTE_VECTOR) as u8 == vector {
+            let rte = self.rte[pin];
+            if (rte & RTE_VECTOR) as u8 != vector {
+                continue;
+            }
+            if is_level(rte) {
+                carrying |= 1 << pin;
+            }
+            if self.remote_irr[pin] {
                 self.remote_irr[pin] = false;
                 self.pin_stats[pin].eoi += 1;
+                ended |= 1 << pin;
                 self.eval_level(pin);
             }
+        }
+        if ended != 0 {
+            ended
+        } else {
+            carrying
         }
     }
 
@@ -369,13 +405,19 @@ impl IoApic {
     }
 
     /// Make KVM's route for `pin` match its RTE, if it does not already.
-    fn sync_route(&mut self, pin: usize) -> Result<(), InterruptError> {
+    /// The route KVM should have for `pin`: the RTE's message, or none for
+    /// a masked edge pin driven by an irqfd (KVM must not deliver it).
+    fn wanted_route(&self, pin: usize) -> Option<MsiMessage> {
         let rte = self.rte[pin];
-        let want = if self.irqfd_driven[pin] && rte & RTE_MASKED != 0 && !is_level(rte) {
+        if self.irqfd_driven[pin] && rte & RTE_MASKED != 0 && !is_level(rte) {
             None
         } else {
             Some(rte_to_msi(rte))
-        };
+        }
+    }
+
+    fn sync_route(&mut self, pin: usize) -> Result<(), InterruptError> {
+        let want = self.wanted_route(pin);
         if self.installed[pin] == want {
             return Ok(());
         }
@@ -492,7 +534,9 @@ impl BusDevice for IoApic {
         match reg {
             IOREGSEL => self.ioregsel = val as u8,
             IOWIN => self.write_register(self.ioregsel, val),
-            _ => self.end_of_interrupt(val as u8),
+            _ => {
+                self.end_of_interrupt(val as u8);
+            }
         }
     }
 }
@@ -766,6 +810,25 @@ mod tests {
         write_reg(&mut io, 0x10 + 20, 0x70 | LEVEL);
         assert_eq!(fake.signal_count(), 1);
         assert!(io.remote_irr(10));
+    }
+
+    #[test]
+    fn eoi_names_the_pins_whose_remote_irr_it_cleared() {
+        let (mut io, _fake) = setup();
+        program(&mut io, 3, 0x60 | LEVEL, 0);
+        program(&mut io, 4, 0x60 | LEVEL, 0);
+        program(&mut io, 5, 0x61 | LEVEL, 0);
+        io.set_irq(4, true);
+        assert!(io.remote_irr(4));
+        io.set_irq(4, false);
+        assert_eq!(
+            io.end_of_interrupt(0x60),
+            1 << 4,
+            "only pin 4 was in service"
+        );
+        // A late EOI: nothing in service, the level pins carrying the vector.
+        assert_eq!(io.end_of_interrupt(0x60), (1 << 3) | (1 << 4));
+        assert_eq!(io.end_of_interrupt(0x70), 0, "no pin carries 0x70");
     }
 
     #[test]
@@ -1053,7 +1116,9 @@ mod tests {
                             *l = level;
                         }
                     }
-                    Op::Eoi(v) => io.end_of_interrupt(v),
+                    Op::Eoi(v) => {
+                        io.end_of_interrupt(v);
+                    }
                     Op::Fail { route, signal } => {
                         let mut r = fake.rec();
                         r.fail_route = route;

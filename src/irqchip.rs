@@ -1,0 +1,90 @@
+//! The userspace half of the split irqchip, in one owner.
+//!
+//! KVM keeps the local APICs; splitvm keeps everything that turns a device's
+//! line or message into a LAPIC interrupt, and [`SplitIrqChip`] owns all of
+//! it: the GSI routing table and its pushes to KVM ([`GsiRouter`], one
+//! KVM_SET_GSI_ROUTING per batch of changes, lock-free signalling), the
+//! I/O APIC (pin i = GSI i, RTE layout known only to devices/src/ioapic.rs),
+//! the 8259 pair (ExtINT to vCPU 0), the GSIs handed to MSI/MSI-X vectors,
+//! and the lines ISA devices drive. docs/architecture.md draws the path.
+//!
+//! Devices get lines ([`isa_line`](SplitIrqChip::isa_line)) or the
+//! routing/eventfd interfaces; the vCPU loop hands KVM_EXIT_IOAPIC_EOI to
+//! [`eoi_exit`](SplitIrqChip::eoi_exit) and vCPU 0 polls the PIC.
+
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::VmFd;
+
+use devices::interrupt::{EventRegistry, GsiAllocator, SharedGsiAllocator, KVM_MAX_IRQ_ROUTES};
+use devices::ioapic::IoApic;
+use devices::pic::Pic;
+use devices::sync::lock;
+use devices::{IrqLine, MsiRouting};
+
+use crate::error::{Error, Result};
+use crate::vm::GsiRouter;
+
+pub struct SplitIrqChip {
+    router: Arc<GsiRouter>,
+    ioapic: Arc<Mutex<IoApic>>,
+    pic: Arc<Pic>,
+    msi_gsis: SharedGsiAllocator,
+}
+
+impl SplitIrqChip {
+    /// The chip of `vm` (KVM_CAP_SPLIT_IRQCHIP already enabled), with the
+    /// 24 pin routes installed in one push.
+    pub fn new(vm: Arc<VmFd>) -> Result<Arc<Self>> {
+        let router = Arc::new(GsiRouter::new(vm));
+        let routing: Arc<dyn MsiRouting> = router.clone();
+        let ioapic = Arc::new(Mutex::new(IoApic::new(routing)));
+        lock(&ioapic).install_routes().map_err(|e| Error::Setup {
+            what: "I/O APIC routes",
+            msg: e.to_string(),
+        })?;
+        Ok(Arc::new(SplitIrqChip {
+            router,
+            ioapic,
+            pic: Arc::new(Pic::new()),
+            msi_gsis: GsiAllocator::shared(KVM_MAX_IRQ_ROUTES),
+        }))
+    }
+
+    /// The line of ISA IRQ `irq`: 8259 input `irq` and the I/O APIC pin
+    /// the PC wires it to (`arch::layout::isa_irq_pin`: IRQ 0 -> pin 2).
+    pub fn isa_line(&self, irq: u8) -> IrqLine {
+        let pin = arch::layout::isa_irq_pin(irq).unwrap_or(irq) as usize;
+        IrqLine::new(self.ioapic.clone(), pin).with_pic(self.pic.clone(), irq)
+    }
+
+    /// MSI routes and one-off MSIs, for MSI-capable devices.
+    pub fn routing(&self) -> Arc<dyn MsiRouting> {
+        self.router.clone()
+    }
+
+    /// irqfds and ioeventfds.
+    pub fn events(&self) -> Arc<dyn EventRegistry> {
+        self.router.clone()
+    }
+
+    /// GSIs for MSI and MSI-X vectors (24 and up).
+    pub fn msi_gsis(&self) -> SharedGsiAllocator {
+        self.msi_gsis.clone()
+    }
+
+    pub fn ioapic(&self) -> &Arc<Mutex<IoApic>> {
+        &self.ioapic
+    }
+
+    pub fn pic(&self) -> &Arc<Pic> {
+        &self.pic
+    }
+
+    /// A KVM_EXIT_IOAPIC_EOI for `vector`: the I/O APIC clears Remote IRR
+    /// of the level pins in service with it (and delivers again while a line
+    /// is still high). Returns those pins as a mask, for the exit report.
+    pub fn eoi_exit(&self, vector: u8) -> u32 {
+        lock(&self.ioapic).end_of_interrupt(vector)
+    }
+}
