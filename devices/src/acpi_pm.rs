@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::control::{ExitReason, VmControl};
+use crate::sync::WarnOnce;
 use crate::BusDevice;
 
 /// Offsets inside the device's 12 ports.
@@ -40,7 +41,7 @@ pub struct AcpiPm {
     enable: u16,
     cnt: u16,
     start: Instant,
-    warned: bool,
+    warned: WarnOnce,
 }
 
 impl AcpiPm {
@@ -53,7 +54,7 @@ impl AcpiPm {
             enable: 0,
             cnt: SCI_EN,
             start: Instant::now(),
-            warned: false,
+            warned: WarnOnce::default(),
         }
     }
 
@@ -82,9 +83,8 @@ impl AcpiPm {
                     let typ = ((v >> SLP_TYP_SHIFT) & SLP_TYP_MASK) as u8;
                     if typ == self.s5_slp_typ {
                         self.control.request_exit(ExitReason::Poweroff);
-                    } else if !self.warned {
-                        self.warned = true;
-                        log::warn!("ACPI: guest asked for sleep type {typ}; only S5 (soft off) is supported, ignored");
+                    } else {
+                        self.warned.warn(1, format_args!("ACPI: guest asked for sleep type {typ}; only S5 (soft off) is supported, ignored"));
                     }
                 }
             }

@@ -183,7 +183,7 @@ pub struct IoApic {
     irqfd_driven: [bool; NUM_PINS],
     pin_stats: [PinStats; NUM_PINS],
     stats: IoApicStats,
-    warned: u8,
+    warned: crate::sync::WarnOnce,
 }
 
 impl IoApic {
@@ -201,7 +201,7 @@ impl IoApic {
             irqfd_driven: [false; NUM_PINS],
             pin_stats: [PinStats::default(); NUM_PINS],
             stats: IoApicStats::default(),
-            warned: 0,
+            warned: crate::sync::WarnOnce::default(),
         }
     }
 
@@ -499,11 +499,8 @@ impl IoApic {
         None
     }
 
-    fn warn_once(&mut self, flag: u8, msg: std::fmt::Arguments) {
-        if self.warned & flag == 0 {
-            self.warned |= flag;
-            log::warn!("ioapic: {msg} (further such messages suppressed)");
-        }
+    fn warn_once(&self, flag: u8, msg: std::fmt::Arguments) {
+        self.warned.warn(flag.into(), format_args!("ioapic: {msg}"));
     }
 }
 

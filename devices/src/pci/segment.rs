@@ -121,15 +121,12 @@ struct State {
     routes: BTreeMap<u64, Route>,
     next_alloc: u64,
     stats: PciStats,
-    warned: u8,
+    warned: crate::sync::WarnOnce,
 }
 
 impl State {
-    fn warn_once(&mut self, bit: u8, msg: std::fmt::Arguments) {
-        if self.warned & bit == 0 {
-            self.warned |= bit;
-            log::warn!("pci: {msg}");
-        }
+    fn warn_once(&self, bit: u8, msg: std::fmt::Arguments) {
+        self.warned.warn(bit.into(), format_args!("pci: {msg}"));
     }
 
     /// Where BAR `bar` of `slot` may decode, if at all.
@@ -252,7 +249,7 @@ impl PciSegment {
                 routes: BTreeMap::new(),
                 next_alloc: mmio_start,
                 stats: PciStats::default(),
-                warned: 0,
+                warned: crate::sync::WarnOnce::default(),
             }),
         });
         // Slot 0 is free in a new segment, so this cannot fail.

@@ -19,7 +19,7 @@ use std::fmt;
 use std::io;
 use std::num::Wrapping;
 use std::os::unix::io::RawFd;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::thread::{self, JoinHandle};
 
 use virtio_queue::{DescriptorChain, Queue, QueueT};
@@ -134,18 +134,7 @@ impl Poller {
     }
 }
 
-/// "Log this kind of guest error once" flags of one device.
-#[derive(Default)]
-pub struct WarnOnce(AtomicU32);
-
-impl WarnOnce {
-    /// Log `args` at warn level the first time `flag` is raised.
-    pub fn warn(&self, flag: u32, args: fmt::Arguments<'_>) {
-        if self.0.fetch_or(flag, Ordering::Relaxed) & flag == 0 {
-            log::warn!("{args} (reported once)");
-        }
-    }
-}
+pub use crate::sync::WarnOnce;
 
 /// One buffer of a descriptor chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
