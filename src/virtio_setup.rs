@@ -16,7 +16,7 @@ use serde::Serialize;
 use vm_memory::GuestMemoryMmap;
 
 use arch::layout::VIRTIO_MMIO_START;
-use devices::interrupt::{EventRegistry, GsiAllocator, KVM_MAX_IRQ_ROUTES};
+use devices::interrupt::{EventRegistry, SharedGsiAllocator};
 use devices::ioapic::IoApic;
 use devices::pci::{MsixConfig, PciDevice, PciSegment};
 use devices::sync::lock;
@@ -26,6 +26,7 @@ use devices::virtio::net::{parse_mac, Net};
 use devices::virtio::pci::VirtioPciDevice;
 use devices::virtio::VirtioDevice;
 use devices::{Bus, BusDevice, MsiRouting, VmControl};
+use vm_allocator::{AddressAllocator, AllocPolicy};
 
 use crate::cli::Transport;
 use crate::error::{Error, Result};
@@ -153,6 +154,8 @@ pub struct Wiring<'a> {
     pub sources: &'a mut SourceRegistry,
     /// PCI segment 0 (always present, with its host bridge).
     pub pci: &'a Arc<PciSegment>,
+    /// The irqchip's GSIs for MSI-X vectors.
+    pub msi_gsis: SharedGsiAllocator,
 }
 
 /// Create the devices named by `disks` and `nets` on `transport`.
@@ -176,7 +179,7 @@ pub fn attach(
     let setup_err = |what: &'static str| move |e: String| Error::Setup { what, msg: e };
     match transport {
         Transport::Pci => {
-            let gsis = GsiAllocator::shared(KVM_MAX_IRQ_ROUTES);
+            let gsis = w.msi_gsis.clone();
             let pci = w.pci;
             for (name, dev) in devs {
                 // Route updates go through the source's counting wrapper;
@@ -206,6 +209,13 @@ pub fn attach(
             }
         }
         Transport::Mmio => {
+            // The device windows come from rust-vmm's address allocator over
+            // the virtio-mmio area of the memory map (arch::layout).
+            let mut windows = AddressAllocator::new(
+                VIRTIO_MMIO_START,
+                arch::layout::VIRTIO_MMIO_END - VIRTIO_MMIO_START,
+            )
+            .map_err(|e| setup_err("virtio-mmio")(e.to_string()))?;
             for (i, (name, dev)) in devs.into_iter().enumerate() {
                 let Some(&pin) = MMIO_PINS.get(i) else {
                     return Err(Error::DeviceSpec(format!(
@@ -213,7 +223,10 @@ pub fn attach(
                         MMIO_PINS.len()
                     )));
                 };
-                let base = VIRTIO_MMIO_START + MMIO_SIZE * i as u64;
+                let base = windows
+                    .allocate(MMIO_SIZE, MMIO_SIZE, AllocPolicy::FirstMatch)
+                    .map_err(|e| setup_err("virtio-mmio")(e.to_string()))?
+                    .start();
                 setup.mmio_windows.push(arch::acpi::VirtioMmio {
                     base,
                     size: MMIO_SIZE,

@@ -483,6 +483,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             mmio: &mut mmio,
             sources: &mut sources,
             pci: &pci,
+            msi_gsis: irqchip.msi_gsis(),
         },
     )?;
     pci.attach_with_ecam(

@@ -269,14 +269,16 @@ pub const FIRST_MSI_GSI: u32 = IOAPIC_PINS as u32;
 pub const KVM_MAX_IRQ_ROUTES: u32 = 4096;
 
 /// Hands out GSIs for MSI and MSI-X vectors, from [`FIRST_MSI_GSI`] up to
-/// (excluding) a limit. Freed GSIs are reused, lowest first, before new
-/// ones are taken. One instance is shared by every MSI user of a VM
+/// (excluding) a limit: rust-vmm's `vm_allocator::IdAllocator` (freed GSIs
+/// are reused, lowest first, before new ones are taken), plus the counts
+/// the VMM reports. One instance is shared by every MSI user of a VM
 /// ([`SharedGsiAllocator`]).
 #[derive(Debug)]
 pub struct GsiAllocator {
-    next: u32,
-    limit: u32,
-    free: std::collections::BTreeSet<u32>,
+    /// None when the limit leaves no GSI above the pins.
+    ids: Option<vm_allocator::IdAllocator>,
+    capacity: usize,
+    in_use: usize,
 }
 
 /// The allocator as shared by all MSI users of one VM.
@@ -285,10 +287,13 @@ pub type SharedGsiAllocator = Arc<Mutex<GsiAllocator>>;
 impl GsiAllocator {
     /// GSIs `FIRST_MSI_GSI..limit` (KVM: `limit` = [`KVM_MAX_IRQ_ROUTES`]).
     pub fn new(limit: u32) -> Self {
+        let ids = (limit > FIRST_MSI_GSI)
+            .then(|| vm_allocator::IdAllocator::new(FIRST_MSI_GSI, limit - 1).ok())
+            .flatten();
         GsiAllocator {
-            next: FIRST_MSI_GSI,
-            limit: limit.max(FIRST_MSI_GSI),
-            free: std::collections::BTreeSet::new(),
+            capacity: limit.saturating_sub(FIRST_MSI_GSI) as usize,
+            ids,
+            in_use: 0,
         }
     }
 
@@ -299,14 +304,9 @@ impl GsiAllocator {
 
     /// One GSI, or `None` when all are in use.
     pub fn allocate(&mut self) -> Option<u32> {
-        if let Some(g) = self.free.pop_first() {
-            return Some(g);
-        }
-        if self.next < self.limit {
-            self.next += 1;
-            return Some(self.next - 1);
-        }
-        None
+        let g = self.ids.as_mut()?.allocate_id().ok()?;
+        self.in_use += 1;
+        Some(g)
     }
 
     /// `n` GSIs, all or nothing.
@@ -320,34 +320,28 @@ impl GsiAllocator {
     /// Return `gsi` to the pool. False (and nothing changes) if it was not
     /// allocated: out of range, never handed out or already freed.
     pub fn free(&mut self, gsi: u32) -> bool {
-        if !self.is_allocated(gsi) {
-            return false;
-        }
-        if gsi + 1 == self.next {
-            // Shrink the high-water mark, absorbing freed GSIs below it.
-            self.next -= 1;
-            while self.next > FIRST_MSI_GSI && self.free.remove(&(self.next - 1)) {
-                self.next -= 1;
+        match self.ids.as_mut().map(|ids| ids.free_id(gsi)) {
+            Some(Ok(_)) => {
+                self.in_use -= 1;
+                true
             }
-        } else {
-            self.free.insert(gsi);
+            _ => false,
         }
-        true
     }
 
     /// True if `gsi` is currently handed out.
     pub fn is_allocated(&self, gsi: u32) -> bool {
-        (FIRST_MSI_GSI..self.next).contains(&gsi) && !self.free.contains(&gsi)
+        self.ids.as_ref().is_some_and(|ids| ids.is_allocated(gsi))
     }
 
     /// Number of GSIs currently handed out.
     pub fn in_use(&self) -> usize {
-        (self.next - FIRST_MSI_GSI) as usize - self.free.len()
+        self.in_use
     }
 
     /// Number of GSIs that can still be allocated.
     pub fn available(&self) -> usize {
-        (self.limit - self.next) as usize + self.free.len()
+        self.capacity - self.in_use
     }
 }
 
@@ -402,17 +396,6 @@ mod gsi_allocator_tests {
         assert!(a.free(g));
         assert!(!a.free(g), "double free");
         assert_eq!(a.in_use(), 0);
-    }
-
-    #[test]
-    fn gsi_allocator_freeing_top_shrinks_high_water_mark() {
-        let mut a = GsiAllocator::new(KVM_MAX_IRQ_ROUTES);
-        a.allocate_many(3).unwrap(); // 24, 25, 26
-        assert!(a.free(25));
-        assert!(a.free(26));
-        assert_eq!(a.in_use(), 1);
-        assert_eq!(a.allocate(), Some(25));
-        assert_eq!(a.allocate(), Some(26));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::{BarKind, PciConfiguration, PciDevice, PciError, PciIds, COMMAND_MEMO
 use crate::bus::{Bus, BusDevice, BusError};
 use crate::control::{ExitReason, VmControl};
 use crate::sync::lock;
+use vm_allocator::{AddressAllocator, AllocPolicy, RangeInclusive};
 
 /// Configuration mechanism #1 ports: 0xCF8..0xCFF.
 pub const PCI_CONFIG_IO_BASE: u64 = 0xcf8;
@@ -119,7 +120,9 @@ struct State {
     slots: Vec<Option<Slot>>,
     /// Decoded BARs by base address; never overlapping.
     routes: BTreeMap<u64, Route>,
-    next_alloc: u64,
+    /// Where BARs are placed: rust-vmm's address allocator over the window
+    /// (None for an empty window).
+    bar_space: Option<AddressAllocator>,
     stats: PciStats,
     warned: crate::sync::WarnOnce,
 }
@@ -213,15 +216,13 @@ impl State {
         }
     }
 
-    fn allocate(&mut self, size: u64) -> Option<u64> {
-        let align = size.max(MIN_BAR_ALIGN);
-        let base = self.next_alloc.checked_add(align - 1)? & !(align - 1);
-        let end = base.checked_add(size)?;
-        if end > self.end {
-            return None;
-        }
-        self.next_alloc = end;
-        Some(base)
+    /// A naturally aligned range of `size` bytes (at least 4 KiB aligned).
+    fn allocate(&mut self, size: u64) -> Option<RangeInclusive> {
+        let align = size.max(MIN_BAR_ALIGN).checked_next_power_of_two()?;
+        self.bar_space
+            .as_mut()?
+            .allocate(size.max(1), align, AllocPolicy::FirstMatch)
+            .ok()
     }
 }
 
@@ -247,7 +248,9 @@ impl PciSegment {
                 end: mmio_end.max(mmio_start),
                 slots,
                 routes: BTreeMap::new(),
-                next_alloc: mmio_start,
+                bar_space: (mmio_end > mmio_start)
+                    .then(|| AddressAllocator::new(mmio_start, mmio_end - mmio_start).ok())
+                    .flatten(),
                 stats: PciStats::default(),
                 warned: crate::sync::WarnOnce::default(),
             }),
@@ -290,22 +293,26 @@ impl PciSegment {
         }
         let mut dev = lock(&device);
         let bars = dev.config().memory_bars();
-        let saved = st.next_alloc;
         // Largest first packs naturally aligned BARs without holes.
         let mut order: Vec<(usize, u64, BarKind)> = bars.clone();
         order.sort_by_key(|b| std::cmp::Reverse(b.1));
-        let mut placed = Vec::new();
+        let mut placed: Vec<(usize, RangeInclusive)> = Vec::new();
         for (bar, size, _) in order {
             match st.allocate(size) {
-                Some(a) => placed.push((bar, a)),
+                Some(r) => placed.push((bar, r)),
                 None => {
-                    st.next_alloc = saved;
+                    // All or nothing: give back what this device took.
+                    if let Some(space) = st.bar_space.as_mut() {
+                        for (_, r) in &placed {
+                            let _ = space.free(r);
+                        }
+                    }
                     return Err(PciError::WindowFull { bar, size });
                 }
             }
         }
-        for (bar, addr) in placed {
-            dev.config_mut().set_bar_address(bar, addr);
+        for (bar, r) in placed {
+            dev.config_mut().set_bar_address(bar, r.start());
         }
         if !bars.is_empty() {
             dev.config_mut().set_command_bits(COMMAND_MEMORY);
