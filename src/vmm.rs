@@ -38,7 +38,7 @@ use crate::loader;
 use crate::sources::SourceRegistry;
 use crate::stats::{ReportInputs, SnapshotInfo, VcpuCounters, VcpuStats};
 use crate::trace::{TraceReport, Tracer};
-use crate::vcpu::{self, VcpuContext};
+use crate::vcpu::{self, BootState, VcpuContext};
 use crate::virtio_setup;
 use crate::vm;
 
@@ -140,26 +140,6 @@ fn dev<T: BusDevice + 'static>(d: T) -> Arc<Mutex<dyn BusDevice>> {
     Arc::new(Mutex::new(d))
 }
 
-/// Place a port-I/O device, once: on the bus, and, when it raises an I/O
-/// APIC pin, as that pin's interrupt source owning these ports. So the
-/// report has a source row exactly for the devices that exist.
-fn place_pio(
-    pio: &mut Bus,
-    sources: &mut SourceRegistry,
-    name: &'static str,
-    base: u64,
-    len: u64,
-    device: Arc<Mutex<dyn BusDevice>>,
-    pin: Option<usize>,
-) -> Result<()> {
-    pio.insert(name, base, len, device)
-        .map_err(io_setup(name))?;
-    if let Some(src) = pin.and_then(|p| sources.name_pin(p, name)) {
-        sources.attach_pio(src, base, len);
-    }
-    Ok(())
-}
-
 /// Validate the arguments a user can get wrong before touching KVM.
 /// Returns the guest memory size and the serial destination.
 fn check_args(args: &RunArgs) -> Result<(u64, SerialDest)> {
@@ -243,7 +223,10 @@ fn serial_ports(command_mode: bool) -> Vec<acpi::SerialPort> {
 /// Tell the project's /init to hand over to the splitvm agent (docs/ci-runner.md).
 pub const AGENT_CMDLINE: &str = "splitvm.agent=1";
 
-/// Boot and run a VM; returns the process exit status.
+/// Boot and run a VM; returns the process exit status. Four stages, each
+/// its own function: the platform (KVM VM, irqchip, every device placed
+/// once), the guest (kernel, command line, firmware tables), the vCPUs,
+/// and supervision until the VM stops (then the report).
 pub fn run(args: &RunArgs) -> Result<i32> {
     let started = Instant::now();
     install_panic_hook();
@@ -270,375 +253,498 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         })?;
     }
     let host_report = host::detect();
+
+    let platform = Platform::build(args, &vm_fd, &mem, mem_size, &serial_dest)?;
+    let boot = load_guest(args, &platform, &mem, mem_size, &host_report)?;
     let mut kvm_stats = KvmStats::new(&*vm_fd);
-    // Interrupt sources: the platform's pins and register ranges; devices
-    // with MSIs register below (see src/sources.rs).
-    let mut sources = SourceRegistry::platform();
-
-    let control = Arc::new(VmControl::new());
-    // The userspace half of the split irqchip: GSI routes, I/O APIC, 8259
-    // pair, MSI GSIs (src/irqchip.rs). Every ISA line drives its PIC input
-    // and its I/O APIC pin together, as on a PC.
-    let irqchip = SplitIrqChip::new(vm_fd.clone())?;
-    let ioapic = irqchip.ioapic().clone();
-    let pic = irqchip.pic().clone();
-    let routing = irqchip.routing();
-    let isa = |irq: u8| irqchip.isa_line(irq);
-
-    // Port I/O devices.
-    let mut pio = Bus::new();
-    let pic_ports = dev(PicPorts(pic.clone()));
-    for (base, offset) in [
-        (pic::MASTER_BASE, pic::MASTER_OFFSET),
-        (pic::SLAVE_BASE, pic::SLAVE_OFFSET),
-        (pic::ELCR_BASE, pic::ELCR_OFFSET),
-    ] {
-        pio.insert_with_offset("pic", base, 2, pic_ports.clone(), offset)
-            .map_err(io_setup("pic"))?;
-    }
-    let panicked = Arc::new(AtomicBool::new(false));
-    let out = SerialOutput::new(serial_output(&serial_dest)?).with_panic_watch(PanicWatch {
-        panicked: panicked.clone(),
-        control: control.clone(),
-    });
-    let last_line = out.last_line();
-    let console_tail = out.tail();
-    let serial = SerialDevice::new(isa(COM1_PIN as u8), out);
-    place_pio(
-        &mut pio,
-        &mut sources,
-        "serial",
-        COM1_BASE,
-        8,
-        dev(serial),
-        Some(COM1_PIN),
+    let vcpus = create_vcpus(
+        args,
+        &kvm,
+        &vm_fd,
+        caps.tsc_deadline,
+        &mem,
+        &boot,
+        &mut kvm_stats,
     )?;
-    let i8042: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(I8042::new(control.clone())));
-    pio.insert_with_offset("i8042", 0x60, 1, i8042.clone(), 0)
-        .map_err(io_setup("i8042"))?;
-    pio.insert_with_offset("i8042", 0x64, 1, i8042, 4)
-        .map_err(io_setup("i8042"))?;
-    // The 8254 PIT on I/O APIC pin 2 (ISA IRQ 0 in the MP table), for
-    // guests that calibrate or tick with it (see docs/guest-kernel.md).
-    if !args.no_pit {
-        let pit = Pit::new(isa(PIT_ISA_IRQ)).map_err(|e| Error::Setup {
-            what: "PIT timer thread",
+    let running = platform.start(args, vcpus, &mem)?;
+    supervise(
+        args,
+        started,
+        running,
+        &kvm_stats,
+        &host_report,
+        &serial_dest,
+    )
+}
+
+/// The guest's console: its last line (progress), its tail (why a command
+/// got no status) and whether it printed a kernel panic.
+struct Console {
+    last_line: Arc<Mutex<String>>,
+    tail: Arc<Mutex<std::collections::VecDeque<String>>>,
+    panicked: Arc<AtomicBool>,
+}
+
+/// Stage 1: the machine, every device placed once (on its bus range, with
+/// its interrupt source row in the report).
+struct Platform {
+    control: Arc<VmControl>,
+    irqchip: Arc<SplitIrqChip>,
+    pio: Bus,
+    mmio: Bus,
+    sources: SourceRegistry,
+    console: Console,
+    channel: Option<Arc<Channel>>,
+    msi_injected: Option<Arc<std::sync::atomic::AtomicU64>>,
+    virtio: virtio_setup::VirtioSetup,
+    /// A Linux kernel (gets the MP table, ACPI tables and its command line).
+    linux: bool,
+    /// ACPI tables (and the PM device they name) are written.
+    acpi: bool,
+}
+
+impl Platform {
+    fn build(
+        args: &RunArgs,
+        vm_fd: &Arc<kvm_ioctls::VmFd>,
+        mem: &vm_memory::GuestMemoryMmap,
+        mem_size: u64,
+        serial_dest: &SerialDest,
+    ) -> Result<Platform> {
+        let format = loader::format_of(args)?;
+        let linux = matches!(format, KernelFormat::Elf | KernelFormat::Bzimage);
+        let control = Arc::new(VmControl::new());
+        let panicked = Arc::new(AtomicBool::new(false));
+        let out = SerialOutput::new(serial_output(serial_dest)?).with_panic_watch(PanicWatch {
+            panicked: panicked.clone(),
+            control: control.clone(),
+        });
+        let mut p = Platform {
+            // The userspace half of the split irqchip (src/irqchip.rs).
+            irqchip: SplitIrqChip::new(vm_fd.clone())?,
+            control,
+            pio: Bus::new(),
+            mmio: Bus::new(),
+            sources: SourceRegistry::platform(),
+            console: Console {
+                last_line: out.last_line(),
+                tail: out.tail(),
+                panicked,
+            },
+            channel: None,
+            msi_injected: None,
+            virtio: Default::default(),
+            linux,
+            acpi: linux && !args.no_acpi,
+        };
+        p.place_legacy(args, out)?;
+        p.channel = p.place_channel(args)?;
+        if args.test_devices {
+            p.place_test_devices(args, mem_size)?;
+        }
+        p.place_buses(args, mem)?;
+        Ok(p)
+    }
+
+    /// Place a port-I/O device, once: on the bus, and, when it raises an
+    /// I/O APIC pin, as that pin's interrupt source owning these ports. So
+    /// the report has a source row exactly for the devices that exist.
+    fn place_pio(
+        &mut self,
+        name: &'static str,
+        base: u64,
+        len: u64,
+        device: Arc<Mutex<dyn BusDevice>>,
+        pin: Option<usize>,
+    ) -> Result<()> {
+        self.pio
+            .insert(name, base, len, device)
+            .map_err(io_setup(name))?;
+        if let Some(src) = pin.and_then(|p| self.sources.name_pin(p, name)) {
+            self.sources.attach_pio(src, base, len);
+        }
+        Ok(())
+    }
+
+    /// The PC's legacy devices: the 8259 pair, COM1, the i8042 reset line,
+    /// the PIT, the quiet ports, the ACPI PM block.
+    fn place_legacy(&mut self, args: &RunArgs, console: SerialOutput) -> Result<()> {
+        let pic_ports = dev(PicPorts(self.irqchip.pic().clone()));
+        for (base, offset) in [
+            (pic::MASTER_BASE, pic::MASTER_OFFSET),
+            (pic::SLAVE_BASE, pic::SLAVE_OFFSET),
+            (pic::ELCR_BASE, pic::ELCR_OFFSET),
+        ] {
+            self.pio
+                .insert_with_offset("pic", base, 2, pic_ports.clone(), offset)
+                .map_err(io_setup("pic"))?;
+        }
+        let serial = SerialDevice::new(self.irqchip.isa_line(COM1_PIN as u8), console);
+        self.place_pio("serial", COM1_BASE, 8, dev(serial), Some(COM1_PIN))?;
+        let i8042 = dev(I8042::new(self.control.clone()));
+        self.pio
+            .insert_with_offset("i8042", 0x60, 1, i8042.clone(), 0)
+            .map_err(io_setup("i8042"))?;
+        self.pio
+            .insert_with_offset("i8042", 0x64, 1, i8042, 4)
+            .map_err(io_setup("i8042"))?;
+        // The 8254 PIT on ISA IRQ 0 (I/O APIC pin 2), for guests that
+        // calibrate or tick with it (see docs/guest-kernel.md).
+        if !args.no_pit {
+            let pit = Pit::new(self.irqchip.isa_line(PIT_ISA_IRQ)).map_err(|e| Error::Setup {
+                what: "PIT timer thread",
+                msg: e.to_string(),
+            })?;
+            let port61 = pit.port61();
+            let pin = arch::layout::isa_irq_pin(PIT_ISA_IRQ).map(usize::from);
+            self.place_pio("pit", PIT_BASE.into(), PIT_LEN, dev(pit), pin)?;
+            self.place_pio("pit", PORT61.into(), 1, dev(port61), pin)?;
+        }
+        let quiet = dev(QuietPorts);
+        for (name, base, len) in QUIET_PORTS {
+            self.pio
+                .insert(name, *base, *len, quiet.clone())
+                .map_err(io_setup("legacy ports"))?;
+        }
+        // ACPI fixed hardware (PM1a blocks, PM timer) when the guest gets
+        // ACPI tables that name it (see loader::load).
+        if self.acpi {
+            let pm = dev(AcpiPm::new(self.control.clone(), acpi::S5_SLP_TYP));
+            self.place_pio(
+                "acpi-pm",
+                acpi::PM_BASE.into(),
+                acpi::PM_LEN.into(),
+                pm,
+                None,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `-- CMD`: the host-guest channel on COM2-COM4 (devices/src/channel.rs),
+    /// each port an interrupt source on its ISA pin (shared as on a PC).
+    fn place_channel(&mut self, args: &RunArgs) -> Result<Option<Arc<Channel>>> {
+        if !args.command_mode() {
+            return Ok(None);
+        }
+        let ch = Channel::new(self.control.clone(), Some(args.command.clone()));
+        let stream =
+            |irqchip: &SplitIrqChip, out: Box<dyn Write + Send>, stderr: bool, pin: usize| {
+                let sink = CountingSink::new(out, ch.clone(), stderr);
+                dev(SerialDevice::new(
+                    irqchip.isa_line(pin as u8),
+                    SerialOutput::new(Box::new(sink)),
+                ))
+            };
+        let stdout = stream(&self.irqchip, Box::new(std::io::stdout()), false, COM2_PIN);
+        self.place_pio("cmd-stdout", COM2_BASE, 8, stdout, Some(COM2_PIN))?;
+        let stderr = stream(&self.irqchip, Box::new(std::io::stderr()), true, COM3_PIN);
+        self.place_pio("cmd-stderr", COM3_BASE, 8, stderr, Some(COM3_PIN))?;
+        let ctl = dev(ControlPort::new(
+            self.irqchip.isa_line(COM4_PIN as u8),
+            ch.clone(),
+        ));
+        self.place_pio("cmd-control", COM4_BASE, 8, ctl, Some(COM4_PIN))?;
+        Ok(Some(ch))
+    }
+
+    /// `--test-devices`: isa-debug-exit, pc-testdev, fw_cfg, the MSI test
+    /// port (docs/test-devices.md).
+    fn place_test_devices(&mut self, args: &RunArgs, mem_size: u64) -> Result<()> {
+        // After the devices above: pc-testdev names only the pins no device owns.
+        self.sources.attach_testdev_lines();
+        let exit = dev(DebugExit(self.control.clone()));
+        self.place_pio("debug-exit", testdev::DEBUG_EXIT_PORT, 4, exit, None)?;
+        let lines =
+            IrqLines::new(self.irqchip.ioapic().clone()).with_pic(self.irqchip.pic().clone());
+        let (base, len) = (testdev::TESTDEV_IRQ_BASE, testdev::TESTDEV_IRQ_LINES);
+        self.place_pio("pc-testdev", base, len, dev(lines), None)?;
+        let scratch = dev(Scratch::default());
+        self.place_pio("pc-testdev", testdev::TESTDEV_SCRATCH, 4, scratch, None)?;
+        let fw = dev(FwCfg::new(args.cpus as u16, mem_size));
+        let (base, len) = (devices::fwcfg::FW_CFG_PORT, devices::fwcfg::FW_CFG_LEN);
+        self.place_pio("fw_cfg", base, len, fw, None)?;
+        let (msi_src, msi_routing) =
+            self.sources
+                .register_msi_source("msi-test-port", self.irqchip.routing(), None);
+        self.sources
+            .attach_pio(msi_src, testdev::MSI_TEST_PORT, testdev::MSI_TEST_LEN);
+        let port = MsiTestPort::new(msi_routing);
+        self.msi_injected = Some(port.injected_counter());
+        let (base, len) = (testdev::MSI_TEST_PORT, testdev::MSI_TEST_LEN);
+        self.place_pio("msi-test-port", base, len, dev(port), None)
+    }
+
+    /// The I/O APIC's page, PCI segment 0 (host bridge always there, config
+    /// ports with the 0xCF9 reset, BAR window, ECAM) and the virtio devices
+    /// (`--disk`, `--net` on `--transport pci|mmio`).
+    fn place_buses(&mut self, args: &RunArgs, mem: &vm_memory::GuestMemoryMmap) -> Result<()> {
+        let ioapic: Arc<Mutex<dyn BusDevice>> = self.irqchip.ioapic().clone();
+        self.mmio
+            .insert("ioapic", IOAPIC_BASE, IOAPIC_SIZE, ioapic)
+            .map_err(io_setup("ioapic"))?;
+        let pci = PciSegment::new(PCI_MMIO_START, PCI_MMIO_END);
+        self.virtio = virtio_setup::attach(
+            &args.disk,
+            &args.net,
+            args.transport,
+            virtio_setup::Wiring {
+                mem,
+                routing: self.irqchip.routing(),
+                events: self.irqchip.events(),
+                ioapic: self.irqchip.ioapic(),
+                control: &self.control,
+                pio: &mut self.pio,
+                mmio: &mut self.mmio,
+                sources: &mut self.sources,
+                pci: &pci,
+                msi_gsis: self.irqchip.msi_gsis(),
+            },
+        )?;
+        pci.attach_with_ecam(
+            &mut self.pio,
+            &mut self.mmio,
+            Some(self.control.clone()),
+            Some((PCI_ECAM_START, PCI_ECAM_SIZE)),
+        )
+        .map_err(io_setup("PCI bus"))
+    }
+
+    /// Stage 3: the vCPU threads, started (the buses and the registry are
+    /// frozen from here on).
+    fn start(
+        self,
+        args: &RunArgs,
+        vcpus: Vec<kvm_ioctls::VcpuFd>,
+        mem: &vm_memory::GuestMemoryMmap,
+    ) -> Result<Running> {
+        register_signal_handler(kick_signal(), vcpu::on_kick).map_err(|e| Error::Setup {
+            what: "signal handler",
             msg: e.to_string(),
         })?;
-        let port61 = pit.port61();
-        let pin = arch::layout::isa_irq_pin(PIT_ISA_IRQ).map(usize::from);
-        place_pio(
-            &mut pio,
-            &mut sources,
-            "pit",
-            PIT_BASE.into(),
-            PIT_LEN,
-            dev(pit),
-            pin,
-        )?;
-        place_pio(
-            &mut pio,
-            &mut sources,
-            "pit",
-            PORT61.into(),
-            1,
-            dev(port61),
-            pin,
-        )?;
-    }
-    // `-- CMD`: the host-guest channel on COM2-COM4 (devices/src/channel.rs).
-    let channel = if args.command_mode() {
-        let ch = Channel::new(control.clone(), Some(args.command.clone()));
-        let stream = |out: Box<dyn Write + Send>, stderr: bool, pin: usize| {
-            let sink = CountingSink::new(out, ch.clone(), stderr);
-            dev(SerialDevice::new(
-                isa(pin as u8),
-                SerialOutput::new(Box::new(sink)),
-            ))
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            register_signal_handler(sig, on_terminate).map_err(|e| Error::Setup {
+                what: "signal handler",
+                msg: e.to_string(),
+            })?;
+        }
+        let pio = Arc::new(self.pio);
+        let mmio = Arc::new(self.mmio);
+        let sources = Arc::new(self.sources);
+        let mut trace_unavailable = None;
+        let tracer = if args.trace_exits {
+            match Tracer::start(sources.clone(), self.irqchip.ioapic().clone()) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("splitvm: --trace-exits: {e}");
+                    trace_unavailable = Some(e);
+                    None
+                }
+            }
+        } else {
+            None
         };
-        // Each port is an interrupt source on its ISA pin (shared as on a PC).
-        let stdout = stream(Box::new(std::io::stdout()), false, COM2_PIN);
-        place_pio(
-            &mut pio,
-            &mut sources,
-            "cmd-stdout",
-            COM2_BASE,
-            8,
-            stdout,
-            Some(COM2_PIN),
-        )?;
-        let stderr = stream(Box::new(std::io::stderr()), true, COM3_PIN);
-        place_pio(
-            &mut pio,
-            &mut sources,
-            "cmd-stderr",
-            COM3_BASE,
-            8,
-            stderr,
-            Some(COM3_PIN),
-        )?;
-        let ctl = dev(ControlPort::new(isa(COM4_PIN as u8), ch.clone()));
-        place_pio(
-            &mut pio,
-            &mut sources,
-            "cmd-control",
-            COM4_BASE,
-            8,
-            ctl,
-            Some(COM4_PIN),
-        )?;
-        Some(ch)
-    } else {
-        None
-    };
-    let quiet = dev(QuietPorts);
-    for (name, base, len) in QUIET_PORTS {
-        pio.insert(name, *base, *len, quiet.clone())
-            .map_err(io_setup("legacy ports"))?;
+        let counters: Vec<Arc<VcpuCounters>> = (0..vcpus.len())
+            .map(|id| {
+                Arc::new(VcpuCounters::new(
+                    id as u32,
+                    pio.device_names().len(),
+                    mmio.device_names().len(),
+                    sources.len(),
+                ))
+            })
+            .collect();
+        // --pin-vcpus: vCPU i runs on the i-th CPU of the process's affinity
+        // mask (wrapping around).
+        let host_cpus = if args.pin_vcpus {
+            vcpu::allowed_host_cpus()
+        } else {
+            Vec::new()
+        };
+        let mut handles = Vec::new();
+        for (id, vcpu) in vcpus.into_iter().enumerate() {
+            let ctx = VcpuContext {
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                irqchip: self.irqchip.clone(),
+                control: self.control.clone(),
+                mem: mem.clone(),
+                counters: counters[id].clone(),
+                sources: sources.clone(),
+                fault: args.fault_inject.filter(|_| id == 0),
+                extint: id == 0,
+            };
+            let pin_to = (!host_cpus.is_empty()).then(|| host_cpus[id % host_cpus.len()]);
+            let h = thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || {
+                    if let Some(cpu) = pin_to {
+                        if let Err(e) = vcpu::pin_current_thread(cpu) {
+                            log::warn!("vCPU {id}: cannot pin to host CPU {cpu}: {e}");
+                        }
+                    }
+                    vcpu::run_vcpu(vcpu, id as u32, ctx)
+                })
+                .map_err(|e| Error::Setup {
+                    what: "vCPU thread",
+                    msg: e.to_string(),
+                })?;
+            handles.push(h);
+        }
+        if let Some(t) = &tracer {
+            t.add_threads();
+        }
+        Ok(Running {
+            control: self.control,
+            irqchip: self.irqchip,
+            pio_names: pio.device_names().to_vec(),
+            mmio_names: mmio.device_names().to_vec(),
+            sources,
+            console: self.console,
+            channel: self.channel,
+            msi_injected: self.msi_injected,
+            virtio: self.virtio,
+            handles,
+            counters,
+            tracer,
+            trace_unavailable,
+        })
     }
-    let mut msi_injected = None;
-    if args.test_devices {
-        // After the devices above: pc-testdev names only the pins no device owns.
-        sources.attach_testdev_lines();
-        pio.insert(
-            "debug-exit",
-            testdev::DEBUG_EXIT_PORT,
-            4,
-            dev(DebugExit(control.clone())),
-        )
-        .map_err(io_setup("debug-exit"))?;
-        pio.insert(
-            "pc-testdev",
-            testdev::TESTDEV_IRQ_BASE,
-            testdev::TESTDEV_IRQ_LINES,
-            dev(IrqLines::new(ioapic.clone()).with_pic(pic.clone())),
-        )
-        .map_err(io_setup("pc-testdev"))?;
-        pio.insert(
-            "pc-testdev",
-            testdev::TESTDEV_SCRATCH,
-            4,
-            dev(Scratch::default()),
-        )
-        .map_err(io_setup("pc-testdev"))?;
-        pio.insert(
-            "fw_cfg",
-            devices::fwcfg::FW_CFG_PORT,
-            devices::fwcfg::FW_CFG_LEN,
-            dev(FwCfg::new(args.cpus as u16, mem_size)),
-        )
-        .map_err(io_setup("fw_cfg"))?;
-        let (msi_src, msi_routing) =
-            sources.register_msi_source("msi-test-port", routing.clone(), None);
-        sources.attach_pio(msi_src, testdev::MSI_TEST_PORT, testdev::MSI_TEST_LEN);
-        let port = MsiTestPort::new(msi_routing);
-        msi_injected = Some(port.injected_counter());
-        pio.insert(
-            "msi-test-port",
-            testdev::MSI_TEST_PORT,
-            testdev::MSI_TEST_LEN,
-            dev(port),
-        )
-        .map_err(io_setup("msi-test-port"))?;
-    }
+}
 
-    // MMIO devices.
-    let mut mmio = Bus::new();
-    let ioapic_dev: Arc<Mutex<dyn BusDevice>> = ioapic.clone();
-    mmio.insert("ioapic", IOAPIC_BASE, IOAPIC_SIZE, ioapic_dev)
-        .map_err(io_setup("ioapic"))?;
-
-    // PCI segment 0 with its host bridge, always there (as on a PC): config
-    // mechanism #1 at 0xCF8 (with the 0xCF9 reset register), the BAR window
-    // and ECAM.
-    let pci = PciSegment::new(PCI_MMIO_START, PCI_MMIO_END);
-    // ACPI fixed hardware (PM1a blocks, PM timer) when the guest gets ACPI
-    // tables that name it (Linux guests; see loader::load).
-    let format = loader::format_of(args)?;
-    let linux = matches!(format, KernelFormat::Elf | KernelFormat::Bzimage);
-    let acpi_on = linux && !args.no_acpi;
-    if acpi_on {
-        pio.insert(
-            "acpi-pm",
-            acpi::PM_BASE.into(),
-            acpi::PM_LEN.into(),
-            dev(AcpiPm::new(control.clone(), acpi::S5_SLP_TYP)),
-        )
-        .map_err(io_setup("acpi-pm"))?;
-    }
-
-    // Virtio devices (--disk, --net) on --transport pci|mmio.
-    let events = irqchip.events();
-    let virtio = virtio_setup::attach(
-        &args.disk,
-        &args.net,
-        args.transport,
-        virtio_setup::Wiring {
-            mem: &mem,
-            routing: routing.clone(),
-            events,
-            ioapic: &ioapic,
-            control: &control,
-            pio: &mut pio,
-            mmio: &mut mmio,
-            sources: &mut sources,
-            pci: &pci,
-            msi_gsis: irqchip.msi_gsis(),
-        },
-    )?;
-    pci.attach_with_ecam(
-        &mut pio,
-        &mut mmio,
-        Some(control.clone()),
-        Some((PCI_ECAM_START, PCI_ECAM_SIZE)),
-    )
-    .map_err(io_setup("PCI bus"))?;
+/// Stage 2: the guest image, its command line and firmware tables in
+/// guest memory; returns how the boot vCPU starts.
+fn load_guest(
+    args: &RunArgs,
+    p: &Platform,
+    mem: &vm_memory::GuestMemoryMmap,
+    mem_size: u64,
+    host_report: &host::HostReport,
+) -> Result<BootState> {
     let mut cmdline = match &args.cmdline {
         Some(c) => c.clone(),
-        None if linux => default_linux_cmdline(&host_report),
+        None if p.linux => default_linux_cmdline(host_report),
         None => String::new(),
     };
-    cmdline.push_str(&virtio.cmdline);
-    if channel.is_some() {
+    cmdline.push_str(&p.virtio.cmdline);
+    if p.channel.is_some() {
         cmdline.push(' ');
         cmdline.push_str(AGENT_CMDLINE);
     }
     let mut initrd = match &args.initrd {
-        Some(p) if !args.add.is_empty() => {
+        Some(path) if !args.add.is_empty() => {
             let adds = args
                 .add
                 .iter()
                 .map(|a| initramfs::parse_add(a))
                 .collect::<Result<Vec<_>>>()?;
-            Some(initramfs::with_additions(p, &adds)?)
+            Some(initramfs::with_additions(path, &adds)?)
         }
-        Some(p) => Some(loader::open_regular("initrd", p)?),
+        Some(path) => Some(loader::open_regular("initrd", path)?),
         None => None,
     };
-
-    let acpi_cfg = acpi_on.then(|| acpi::AcpiConfig {
+    let acpi_cfg = p.acpi.then(|| acpi::AcpiConfig {
         num_cpus: args.cpus,
         ioapic_id: loader::ioapic_mp_id(args.cpus),
         pci_mmio: (PCI_MMIO_START, PCI_MMIO_END),
         ecam: (PCI_ECAM_START, PCI_ECAM_SIZE),
-        serial: serial_ports(channel.is_some()),
-        virtio_mmio: virtio.mmio_windows.clone(),
+        serial: serial_ports(p.channel.is_some()),
+        virtio_mmio: p.virtio.mmio_windows.clone(),
     });
     let (boot, _protocol) = loader::load(
         args,
         initrd.as_mut(),
         cmdline.trim(),
-        &mem,
+        mem,
         mem_size,
         acpi_cfg.as_ref(),
     )?;
-    drop(initrd);
+    Ok(boot)
+}
 
-    // vCPUs: all created before any runs.
+/// Every vCPU, created before any runs (CPUID, LAPIC LVTs, MSRs; the boot
+/// vCPU's entry registers).
+fn create_vcpus(
+    args: &RunArgs,
+    kvm: &kvm_ioctls::Kvm,
+    vm_fd: &kvm_ioctls::VmFd,
+    tsc_deadline: bool,
+    mem: &vm_memory::GuestMemoryMmap,
+    boot: &BootState,
+    kvm_stats: &mut KvmStats,
+) -> Result<Vec<kvm_ioctls::VcpuFd>> {
     let supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(crate::error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    let hidden = |f: &str| args.cpu_features.iter().any(|x| x == f);
     let cfg = CpuidConfig {
         num_cpus: args.cpus,
-        tsc_deadline: caps.tsc_deadline && !args.cpu_features.iter().any(|f| f == "-tsc-deadline"),
-        x2apic: !args.cpu_features.iter().any(|f| f == "-x2apic"),
+        tsc_deadline: tsc_deadline && !hidden("-tsc-deadline"),
+        x2apic: !hidden("-x2apic"),
     };
     let mut vcpus = Vec::new();
     for id in 0..args.cpus {
-        let b = (id == 0).then_some(&boot);
-        let v = vcpu::create_vcpu(&vm_fd, id, &supported, cfg, &mem, b)?;
+        let b = (id == 0).then_some(boot);
+        let v = vcpu::create_vcpu(vm_fd, id, &supported, cfg, mem, b)?;
         kvm_stats.add_vcpu(id, &v);
         vcpus.push(v);
     }
+    Ok(vcpus)
+}
 
-    register_signal_handler(kick_signal(), vcpu::on_kick).map_err(|e| Error::Setup {
-        what: "signal handler",
-        msg: e.to_string(),
-    })?;
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        register_signal_handler(sig, on_terminate).map_err(|e| Error::Setup {
-            what: "signal handler",
-            msg: e.to_string(),
-        })?;
-    }
+/// What supervision needs of a running VM.
+struct Running {
+    control: Arc<VmControl>,
+    irqchip: Arc<SplitIrqChip>,
+    pio_names: Vec<String>,
+    mmio_names: Vec<String>,
+    sources: Arc<SourceRegistry>,
+    console: Console,
+    channel: Option<Arc<Channel>>,
+    msi_injected: Option<Arc<std::sync::atomic::AtomicU64>>,
+    virtio: virtio_setup::VirtioSetup,
+    handles: Vec<thread::JoinHandle<VcpuStats>>,
+    counters: Vec<Arc<VcpuCounters>>,
+    tracer: Option<Tracer>,
+    trace_unavailable: Option<String>,
+}
 
-    let pio = Arc::new(pio);
-    let mmio = Arc::new(mmio);
-    let sources = Arc::new(sources);
-    let mut trace_unavailable = None;
-    let tracer = if args.trace_exits {
-        match Tracer::start(sources.clone(), ioapic.clone()) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                eprintln!("splitvm: --trace-exits: {e}");
-                trace_unavailable = Some(e);
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let counters: Vec<Arc<VcpuCounters>> = (0..vcpus.len())
-        .map(|id| {
-            Arc::new(VcpuCounters::new(
-                id as u32,
-                pio.device_names().len(),
-                mmio.device_names().len(),
-                sources.len(),
-            ))
-        })
-        .collect();
-    // --pin-vcpus: vCPU i runs on the i-th CPU of the process's affinity
-    // mask (wrapping around).
-    let host_cpus = if args.pin_vcpus {
-        vcpu::allowed_host_cpus()
-    } else {
-        Vec::new()
-    };
-    let mut handles = Vec::new();
-    for (id, vcpu) in vcpus.into_iter().enumerate() {
-        let ctx = VcpuContext {
-            pio: pio.clone(),
-            mmio: mmio.clone(),
-            irqchip: irqchip.clone(),
-            control: control.clone(),
-            mem: mem.clone(),
-            counters: counters[id].clone(),
-            sources: sources.clone(),
-            fault: args.fault_inject.filter(|_| id == 0),
-            extint: id == 0,
-        };
-        let pin_to = (!host_cpus.is_empty()).then(|| host_cpus[id % host_cpus.len()]);
-        let h = thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            .spawn(move || {
-                if let Some(cpu) = pin_to {
-                    if let Err(e) = vcpu::pin_current_thread(cpu) {
-                        log::warn!("vCPU {id}: cannot pin to host CPU {cpu}: {e}");
-                    }
-                }
-                vcpu::run_vcpu(vcpu, id as u32, ctx)
-            })
-            .map_err(|e| Error::Setup {
-                what: "vCPU thread",
-                msg: e.to_string(),
-            })?;
-        handles.push(h);
-    }
-
-    if let Some(t) = &tracer {
-        t.add_threads();
-    }
+/// Stage 4: watch stop requests, signals, the timeout; print progress and
+/// interval snapshots; then join the vCPUs, write the report and return
+/// the exit status.
+fn supervise(
+    args: &RunArgs,
+    started: Instant,
+    r: Running,
+    kvm_stats: &KvmStats,
+    host_report: &host::HostReport,
+    serial_dest: &SerialDest,
+) -> Result<i32> {
+    let Running {
+        control,
+        irqchip,
+        pio_names,
+        mmio_names,
+        sources,
+        console,
+        channel,
+        msi_injected,
+        virtio,
+        handles,
+        counters,
+        tracer,
+        trace_unavailable,
+    } = r;
     let inputs = ReportInputs {
         started,
-        pio_names: pio.device_names(),
-        mmio_names: mmio.device_names(),
-        ioapic: &ioapic,
-        pic: &pic,
+        pio_names: &pio_names,
+        mmio_names: &mmio_names,
+        ioapic: irqchip.ioapic(),
+        pic: irqchip.pic(),
         msi_injected: msi_injected.as_deref(),
         sources: &sources,
-        kvm_stats: Some(&kvm_stats),
-        host: &host_report,
+        kvm_stats: Some(kvm_stats),
+        host: host_report,
         disable_exits: args.disable_exits.unwrap_or(0),
         virtio: &virtio,
         command_mode: args.command_mode(),
@@ -650,8 +756,6 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let interval = args.stats_interval.map(Duration::from_secs_f64);
     let mut last_snapshot = Instant::now();
     let mut snapshot_seq = 0u64;
-
-    // Supervise: stop requests, signals, timeout, progress, snapshots.
     let progress = match args.progress.as_str() {
         "always" => true,
         "never" => false,
@@ -692,7 +796,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         }
         if progress && last_progress.elapsed() >= Duration::from_millis(500) {
             last_progress = Instant::now();
-            let line = lock(&last_line).clone();
+            let line = lock(&console.last_line).clone();
             let line: String = line.chars().take(60).collect();
             eprint!(
                 "\r\x1b[K[splitvm {:6.1}s] exits {:>9} | {}",
@@ -742,7 +846,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         .reason()
         .unwrap_or_else(|| ExitReason::VmmError("VM stopped without a reason".into()));
     // A panic with panic=-1 reboots before its closing line: still a panic.
-    if panicked.load(Ordering::SeqCst)
+    if console.panicked.load(Ordering::SeqCst)
         && matches!(
             reason,
             ExitReason::Reset | ExitReason::TripleFault | ExitReason::Timeout
@@ -776,7 +880,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     }
     if let Some(ch) = &channel {
         if !matches!(reason, ExitReason::CommandExit(_)) {
-            report_missing_status(&reason, ch, &console_tail, &serial_dest);
+            report_missing_status(&reason, ch, &console.tail, serial_dest);
         }
     }
     if args.stats {
