@@ -709,9 +709,8 @@ struct Running {
     trace_unavailable: Option<String>,
 }
 
-/// Stage 4: watch stop requests, signals, the timeout; print progress and
-/// interval snapshots; then join the vCPUs, write the report and return
-/// the exit status.
+/// Stage 4: watch the VM until it stops, then join the vCPUs, write the
+/// report and return the exit status.
 fn supervise(
     args: &RunArgs,
     started: Instant,
@@ -720,39 +719,96 @@ fn supervise(
     host_report: &host::HostReport,
     serial_dest: &SerialDest,
 ) -> Result<i32> {
-    let Running {
-        control,
-        irqchip,
-        pio_names,
-        mmio_names,
-        sources,
-        console,
-        channel,
-        msi_injected,
-        virtio,
-        handles,
-        counters,
-        tracer,
-        trace_unavailable,
-    } = r;
     let inputs = ReportInputs {
         started,
-        pio_names: &pio_names,
-        mmio_names: &mmio_names,
-        ioapic: irqchip.ioapic(),
-        pic: irqchip.pic(),
-        msi_injected: msi_injected.as_deref(),
-        sources: &sources,
+        pio_names: &r.pio_names,
+        mmio_names: &r.mmio_names,
+        ioapic: r.irqchip.ioapic(),
+        pic: r.irqchip.pic(),
+        msi_injected: r.msi_injected.as_deref(),
+        sources: &r.sources,
         kvm_stats: Some(kvm_stats),
         host: host_report,
         disable_exits: args.disable_exits.unwrap_or(0),
-        virtio: &virtio,
+        virtio: &r.virtio,
         command_mode: args.command_mode(),
     };
-    let trace_report = |t: &Option<Tracer>| match t {
-        Some(t) => Some(t.snapshot()),
-        None => trace_unavailable.clone().map(TraceReport::unavailable),
+    let snapshots = watch(args, started, &r, &inputs);
+    let mut stats: Vec<VcpuStats> = Vec::new();
+    for h in r.handles {
+        match h.join() {
+            Ok(s) => stats.push(s),
+            Err(_) => {
+                let p = lock(&PANICKED).clone();
+                r.control.request_exit(ExitReason::InternalError(
+                    p.unwrap_or_else(|| "a vCPU thread panicked".into()),
+                ));
+            }
+        }
+    }
+    let mut reason = r
+        .control
+        .reason()
+        .unwrap_or_else(|| ExitReason::VmmError("VM stopped without a reason".into()));
+    // A panic with panic=-1 reboots before its closing line: still a panic.
+    if r.console.panicked.load(Ordering::SeqCst)
+        && matches!(
+            reason,
+            ExitReason::Reset | ExitReason::TripleFault | ExitReason::Timeout
+        )
+    {
+        reason = ExitReason::GuestPanic;
+    }
+    // The tracer is finished (instance removed) before anything is printed.
+    let trace = match r.tracer {
+        Some(t) => Some(t.finish()),
+        None => r.trace_unavailable.clone().map(TraceReport::unavailable),
     };
+    let snap = SnapshotInfo {
+        is_final: true,
+        sequence: snapshots,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    };
+    let report = inputs.build(&stats, Some(&reason), snap, trace);
+    if let ExitReason::GuestError(m) | ExitReason::VmmError(m) = &reason {
+        eprintln!("splitvm: {m}");
+    }
+    if let ExitReason::DebugExit(v) = &reason {
+        if *v > 0x7f {
+            eprintln!(
+                "splitvm: the guest wrote {v:#x} to the debug-exit port; the exit status keeps 8 bits of ({v:#x} << 1) | 1, so it is {} (as QEMU's isa-debug-exit)",
+                reason.status()
+            );
+        }
+    }
+    if let Some(ch) = &r.channel {
+        if !matches!(reason, ExitReason::CommandExit(_)) {
+            report_missing_status(&reason, ch, &r.console.tail, serial_dest);
+        }
+    }
+    if args.stats {
+        eprint!("{}", report.table());
+    }
+    if let Some(path) = &args.stats_json {
+        crate::stats::write_json_atomic(path, &report).map_err(|err| Error::Output {
+            what: "stats JSON",
+            path: path.clone(),
+            err,
+        })?;
+    }
+    Ok(if args.command_mode() {
+        reason.command_status()
+    } else {
+        reason.status()
+    })
+}
+
+/// Until every vCPU thread has ended: turn signals, panics, the timeout and
+/// dead vCPU threads into stop requests, kick the vCPUs while stopping, show
+/// progress, write `--stats-interval` snapshots. Returns how many snapshots
+/// were written (the final report's sequence number).
+fn watch(args: &RunArgs, started: Instant, r: &Running, inputs: &ReportInputs) -> u64 {
+    let control = &r.control;
     let interval = args.stats_interval.map(Duration::from_secs_f64);
     let mut last_snapshot = Instant::now();
     let mut snapshot_seq = 0u64;
@@ -772,11 +828,11 @@ fn supervise(
         control.request_exit(ExitReason::VmmError(msg));
     }
     loop {
-        if handles.iter().all(|h| h.is_finished()) {
+        if r.handles.iter().all(|h| h.is_finished()) {
             break;
         }
         if control.is_stopping() {
-            for h in handles.iter().filter(|h| !h.is_finished()) {
+            for h in r.handles.iter().filter(|h| !h.is_finished()) {
                 // SAFETY: the thread is alive (not finished) so its pthread_t is valid.
                 unsafe { libc::pthread_kill(h.as_pthread_t(), kick_signal()) };
             }
@@ -788,7 +844,7 @@ fn supervise(
                 control.request_exit(ExitReason::Signal(sig));
             } else if deadline.is_some_and(|d| Instant::now() >= d) {
                 control.request_exit(ExitReason::Timeout);
-            } else if handles.iter().any(|h| h.is_finished()) {
+            } else if r.handles.iter().any(|h| h.is_finished()) {
                 control.request_exit(ExitReason::VmmError(
                     "a vCPU thread ended unexpectedly".into(),
                 ));
@@ -796,27 +852,31 @@ fn supervise(
         }
         if progress && last_progress.elapsed() >= Duration::from_millis(500) {
             last_progress = Instant::now();
-            let line = lock(&console.last_line).clone();
+            let line = lock(&r.console.last_line).clone();
             let line: String = line.chars().take(60).collect();
             eprint!(
                 "\r\x1b[K[splitvm {:6.1}s] exits {:>9} | {}",
                 started.elapsed().as_secs_f64(),
-                counters.iter().map(|c| c.total_exits()).sum::<u64>(),
+                r.counters.iter().map(|c| c.total_exits()).sum::<u64>(),
                 line
             );
         }
         if let (Some(iv), Some(path)) = (interval, &args.stats_json) {
             if !control.is_stopping() && last_snapshot.elapsed() >= iv {
                 last_snapshot = Instant::now();
-                let snaps: Vec<VcpuStats> = counters.iter().map(|c| c.snapshot()).collect();
+                let snaps: Vec<VcpuStats> = r.counters.iter().map(|c| c.snapshot()).collect();
                 let snap = SnapshotInfo {
                     is_final: false,
                     sequence: snapshot_seq,
                     elapsed_ms: started.elapsed().as_millis() as u64,
                 };
                 snapshot_seq += 1;
-                let r = inputs.build(&snaps, None, snap, trace_report(&tracer));
-                if let Err(e) = crate::stats::write_json_atomic(path, &r) {
+                let trace = match &r.tracer {
+                    Some(t) => Some(t.snapshot()),
+                    None => r.trace_unavailable.clone().map(TraceReport::unavailable),
+                };
+                let report = inputs.build(&snaps, None, snap, trace);
+                if let Err(e) = crate::stats::write_json_atomic(path, &report) {
                     log::warn!("--stats-interval: cannot write {}: {e}", path.display());
                 }
             }
@@ -830,74 +890,7 @@ fn supervise(
     if progress {
         eprint!("\r\x1b[K");
     }
-    let mut stats: Vec<VcpuStats> = Vec::new();
-    for h in handles {
-        match h.join() {
-            Ok(s) => stats.push(s),
-            Err(_) => {
-                let p = lock(&PANICKED).clone();
-                control.request_exit(ExitReason::InternalError(
-                    p.unwrap_or_else(|| "a vCPU thread panicked".into()),
-                ));
-            }
-        }
-    }
-    let mut reason = control
-        .reason()
-        .unwrap_or_else(|| ExitReason::VmmError("VM stopped without a reason".into()));
-    // A panic with panic=-1 reboots before its closing line: still a panic.
-    if console.panicked.load(Ordering::SeqCst)
-        && matches!(
-            reason,
-            ExitReason::Reset | ExitReason::TripleFault | ExitReason::Timeout
-        )
-    {
-        reason = ExitReason::GuestPanic;
-    }
-
-    // The tracer is finished (instance removed) before anything is printed.
-    let trace = match tracer {
-        Some(t) => Some(t.finish()),
-        None => trace_unavailable.clone().map(TraceReport::unavailable),
-    };
-    let snap = SnapshotInfo {
-        is_final: true,
-        sequence: snapshot_seq,
-        elapsed_ms: started.elapsed().as_millis() as u64,
-    };
-    let report = inputs.build(&stats, Some(&reason), snap, trace);
-
-    if let ExitReason::GuestError(m) | ExitReason::VmmError(m) = &reason {
-        eprintln!("splitvm: {m}");
-    }
-    if let ExitReason::DebugExit(v) = &reason {
-        if *v > 0x7f {
-            eprintln!(
-                "splitvm: the guest wrote {v:#x} to the debug-exit port; the exit status keeps 8 bits of ({v:#x} << 1) | 1, so it is {} (as QEMU's isa-debug-exit)",
-                reason.status()
-            );
-        }
-    }
-    if let Some(ch) = &channel {
-        if !matches!(reason, ExitReason::CommandExit(_)) {
-            report_missing_status(&reason, ch, &console.tail, serial_dest);
-        }
-    }
-    if args.stats {
-        eprint!("{}", report.table());
-    }
-    if let Some(path) = &args.stats_json {
-        crate::stats::write_json_atomic(path, &report).map_err(|err| Error::Output {
-            what: "stats JSON",
-            path: path.clone(),
-            err,
-        })?;
-    }
-    Ok(if args.command_mode() {
-        reason.command_status()
-    } else {
-        reason.status()
-    })
+    snapshot_seq
 }
 
 /// `-- CMD` ended without the command's status: say why on stderr, with the
