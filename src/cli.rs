@@ -127,7 +127,8 @@ pub struct RunArgs {
     /// then needs a PIT or LAPIC-timer calibration).
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_cpu_feature)]
     pub cpu_features: Vec<String>,
-    /// Number of vCPUs (vCPU id = APIC ID).
+    /// Number of vCPUs (vCPU id = APIC ID), up to KVM's limit; a Linux guest
+    /// with more than 254 gets ACPI tables only (docs/acpi.md).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: u32,
     /// Guest RAM, e.g. 128M, 1G.

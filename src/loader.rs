@@ -235,8 +235,23 @@ pub fn load(
             // every CPU, the userspace I/O APIC (ISA IRQ 0 on pin 2, IRQ n on
             // pin n); ACPI adds the PCI host bridge, the devices and power-off.
             if !args.no_mptable {
-                mptable::setup_mptable(mem, args.cpus as u8, ioapic_mp_id(args.cpus))
-                    .map_err(|e| load_err(format!("MP table: {e}")))?;
+                match u8::try_from(args.cpus) {
+                    Ok(n) if n <= mptable::MAX_CPUS => {
+                        mptable::setup_mptable(mem, n, ioapic_mp_id(args.cpus))
+                            .map_err(|e| load_err(format!("MP table: {e}")))?;
+                    }
+                    // Only ACPI can name more (local x2APIC entries).
+                    _ if acpi.is_some() => log::info!(
+                        "{} vCPUs: no MP table (it names at most {}); the ACPI MADT describes them",
+                        args.cpus,
+                        mptable::MAX_CPUS
+                    ),
+                    _ => return Err(load_err(format!(
+                        "{} vCPUs need ACPI tables: the MP table names at most {} (drop --no-acpi)",
+                        args.cpus,
+                        mptable::MAX_CPUS
+                    ))),
+                }
             }
             if let Some(cfg) = acpi {
                 let rsdp = acpi::setup_acpi(mem, cfg)

@@ -42,7 +42,10 @@ use crate::vcpu::{self, BootState, VcpuContext};
 use crate::virtio_setup;
 use crate::vm;
 
-pub const MAX_CPUS: u32 = 64;
+/// Most vCPUs `--cpus` takes before asking KVM (x86 KVM allows at most 4096
+/// with CONFIG_MAXSMP; the host's own limit, KVM_CAP_MAX_VCPUS, is checked
+/// next). Past 254 only ACPI can describe them (the MP table has 8-bit IDs).
+pub const MAX_CPUS: u32 = 4096;
 
 /// ISA IRQ of the 8254 PIT (I/O APIC pin 2, see arch::layout::isa_irq_pin).
 const PIT_ISA_IRQ: u8 = 0;

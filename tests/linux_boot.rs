@@ -242,6 +242,10 @@ fn bad_linux_inputs_are_one_line_errors() {
             vec!["--kernel", k, "--cmdline", &long],
             "command line is 3000 bytes",
         ),
+        (
+            vec!["--kernel", k, "--cpus", "300", "--no-acpi"],
+            "300 vCPUs need ACPI tables",
+        ),
     ];
     for (args, needle) in cases {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_splitvm"))
