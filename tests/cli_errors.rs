@@ -54,7 +54,7 @@ fn unknown_kernel_format_is_one_line() {
 fn zero_cpus_is_one_line() {
     assert_one_line_error(
         &["run", "--kernel", &some_file(), "--cpus", "0"],
-        "--cpus must be between 1 and 64",
+        "--cpus must be between 1 and 4096",
     );
 }
 
