@@ -246,11 +246,13 @@ pub fn load(
                         args.cpus,
                         mptable::MAX_CPUS
                     ),
-                    _ => return Err(load_err(format!(
+                    _ => {
+                        return Err(load_err(format!(
                         "{} vCPUs need ACPI tables: the MP table names at most {} (drop --no-acpi)",
                         args.cpus,
                         mptable::MAX_CPUS
-                    ))),
+                    )))
+                    }
                 }
             }
             if let Some(cfg) = acpi {
