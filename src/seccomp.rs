@@ -276,11 +276,25 @@ pub fn install(kind: ThreadKind, mode: Mode, name: &str) -> Result<(), String> {
         *d = s;
     }
     NAME.with(|c| c.set(n));
-    match program(kind, mode)? {
+    match cached_program(kind, mode)? {
         Some(p) => seccompiler::apply_filter(&p)
             .map_err(|e| format!("cannot install the seccomp filter of thread '{name}': {e}")),
         None => Ok(()),
     }
+}
+
+/// [`program`], compiled once per (kind, mode) for the process: every vCPU
+/// thread installs the same list, and `--cpus` can be in the hundreds.
+fn cached_program(kind: ThreadKind, mode: Mode) -> Result<Option<BpfProgram>, String> {
+    type Cache = Vec<((ThreadKind, Mode), Option<BpfProgram>)>;
+    static CACHE: std::sync::Mutex<Cache> = std::sync::Mutex::new(Vec::new());
+    let mut cache = devices::sync::lock(&CACHE);
+    if let Some((_, p)) = cache.iter().find(|(k, _)| *k == (kind, mode)) {
+        return Ok(p.clone());
+    }
+    let p = program(kind, mode)?;
+    cache.push(((kind, mode), p.clone()));
+    Ok(p)
 }
 
 fn write_stderr(b: &[u8]) {
