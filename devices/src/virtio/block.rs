@@ -40,11 +40,12 @@ use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::worker::{drain_eventfd, drain_queue, BufStream, Chain, Poller, WarnOnce, WorkerThread};
+use super::worker::{drain_eventfd, drain_queue, BufStream, Chain, Poller, WorkerThread};
 use super::{
     ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt, TYPE_BLOCK, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
+use crate::sync::WarnOnce;
 
 /// Size of the single request queue.
 pub const QUEUE_SIZE: u16 = 256;

@@ -65,7 +65,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::worker::{new_eventfd, WarnOnce};
+use super::worker::new_eventfd;
 use super::{
     ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt, STATUS_DRIVER_OK,
     STATUS_FEATURES_OK, STATUS_NEEDS_RESET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
@@ -74,6 +74,7 @@ use crate::bus::BusDevice;
 use crate::interrupt::{EventRegistry, InterruptError, IoEventAddress};
 use crate::irq_line::IrqLine;
 use crate::sync::lock;
+use crate::sync::WarnOnce;
 
 /// Size of one virtio-mmio window.
 pub const MMIO_SIZE: u64 = 0x1000;

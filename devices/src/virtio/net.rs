@@ -40,12 +40,13 @@ use super::block::read_config_bytes;
 use super::tap::{Tap, TapError, VNET_HDR_LEN};
 use super::worker::{
     drain_eventfd, drain_queue, pop_chain, walk_chain, BufStream, Chain, ChainError, Poller,
-    QueueRun, WarnOnce, WorkerThread,
+    QueueRun, WorkerThread,
 };
 use super::{
     ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt, TYPE_NET, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
+use crate::sync::WarnOnce;
 
 pub const QUEUE_SIZE: u16 = 256;
 pub const RX_QUEUE: u16 = 0;

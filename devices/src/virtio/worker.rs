@@ -13,7 +13,6 @@
 //! - [`BufStream`]: the device-readable or device-writable part of a chain
 //!   as one byte stream, so devices make no assumption about how the driver
 //!   split a request into descriptors (virtio 1.2, 2.7.4 "Message Framing").
-//! - [`WarnOnce`]: per-device "logged once" flags.
 
 use std::fmt;
 use std::io;
@@ -133,8 +132,6 @@ impl Poller {
         }
     }
 }
-
-pub use crate::sync::WarnOnce;
 
 /// One buffer of a descriptor chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
