@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+use vmm_sys_util::signal::register_signal_handler;
 
 use arch::acpi;
 use arch::cpuid::CpuidConfig;
@@ -82,10 +82,6 @@ fn install_panic_hook() {
 
 extern "C" fn on_terminate(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     SIGNALLED.store(sig, Ordering::SeqCst);
-}
-
-fn kick_signal() -> libc::c_int {
-    SIGRTMIN()
 }
 
 fn host_memory_bytes() -> u64 {
@@ -201,28 +197,6 @@ pub fn default_linux_cmdline(host: &host::HostReport) -> String {
     c
 }
 
-/// The serial ports splitvm creates, for the DSDT: COM1 (the console), and
-/// COM2-COM4 (the command channel) in command mode.
-fn serial_ports(command_mode: bool) -> Vec<acpi::SerialPort> {
-    let mut v = vec![acpi::SerialPort {
-        base: COM1_BASE as u16,
-        irq: COM1_PIN as u8,
-    }];
-    if command_mode {
-        for (base, pin) in [
-            (COM2_BASE, COM2_PIN),
-            (COM3_BASE, COM3_PIN),
-            (COM4_BASE, COM4_PIN),
-        ] {
-            v.push(acpi::SerialPort {
-                base: base as u16,
-                irq: pin as u8,
-            });
-        }
-    }
-    v
-}
-
 /// Tell the project's /init to hand over to the splitvm agent (docs/ci-runner.md).
 pub const AGENT_CMDLINE: &str = "splitvm.agent=1";
 
@@ -300,6 +274,9 @@ struct Platform {
     channel: Option<Arc<Channel>>,
     msi_injected: Option<Arc<std::sync::atomic::AtomicU64>>,
     virtio: virtio_setup::VirtioSetup,
+    /// The 16550-style ports placed (COM1, and COM2-COM4 in command mode),
+    /// for the DSDT.
+    uarts: Vec<acpi::SerialPort>,
     /// A Linux kernel (gets the MP table, ACPI tables and its command line).
     linux: bool,
     /// ACPI tables (and the PM device they name) are written.
@@ -337,6 +314,7 @@ impl Platform {
             channel: None,
             msi_injected: None,
             virtio: Default::default(),
+            uarts: Vec::new(),
             linux,
             acpi: linux && !args.no_acpi,
         };
@@ -369,6 +347,23 @@ impl Platform {
         Ok(())
     }
 
+    /// Place a UART (8 ports at `base`, ISA IRQ `irq`, which is also its
+    /// I/O APIC pin) and remember it for the firmware tables.
+    fn place_uart(
+        &mut self,
+        name: &'static str,
+        base: u64,
+        irq: usize,
+        device: Arc<Mutex<dyn BusDevice>>,
+    ) -> Result<()> {
+        self.place_pio(name, base, 8, device, Some(irq))?;
+        self.uarts.push(acpi::SerialPort {
+            base: base as u16,
+            irq: irq as u8,
+        });
+        Ok(())
+    }
+
     /// The PC's legacy devices: the 8259 pair, COM1, the i8042 reset line,
     /// the PIT, the quiet ports, the ACPI PM block.
     fn place_legacy(&mut self, args: &RunArgs, console: SerialOutput) -> Result<()> {
@@ -383,7 +378,7 @@ impl Platform {
                 .map_err(io_setup("pic"))?;
         }
         let serial = SerialDevice::new(self.irqchip.isa_line(COM1_PIN as u8), console);
-        self.place_pio("serial", COM1_BASE, 8, dev(serial), Some(COM1_PIN))?;
+        self.place_uart("serial", COM1_BASE, COM1_PIN, dev(serial))?;
         let i8042 = dev(I8042::new(self.control.clone()));
         self.pio
             .insert_with_offset("i8042", 0x60, 1, i8042.clone(), 0)
@@ -440,14 +435,14 @@ impl Platform {
                 ))
             };
         let stdout = stream(&self.irqchip, Box::new(std::io::stdout()), false, COM2_PIN);
-        self.place_pio("cmd-stdout", COM2_BASE, 8, stdout, Some(COM2_PIN))?;
+        self.place_uart("cmd-stdout", COM2_BASE, COM2_PIN, stdout)?;
         let stderr = stream(&self.irqchip, Box::new(std::io::stderr()), true, COM3_PIN);
-        self.place_pio("cmd-stderr", COM3_BASE, 8, stderr, Some(COM3_PIN))?;
+        self.place_uart("cmd-stderr", COM3_BASE, COM3_PIN, stderr)?;
         let ctl = dev(ControlPort::new(
             self.irqchip.isa_line(COM4_PIN as u8),
             ch.clone(),
         ));
-        self.place_pio("cmd-control", COM4_BASE, 8, ctl, Some(COM4_PIN))?;
+        self.place_uart("cmd-control", COM4_BASE, COM4_PIN, ctl)?;
         Ok(Some(ch))
     }
 
@@ -521,7 +516,7 @@ impl Platform {
         vcpus: Vec<kvm_ioctls::VcpuFd>,
         mem: &vm_memory::GuestMemoryMmap,
     ) -> Result<Running> {
-        register_signal_handler(kick_signal(), vcpu::on_kick).map_err(|e| Error::Setup {
+        register_signal_handler(vcpu::kick_signal(), vcpu::on_kick).map_err(|e| Error::Setup {
             what: "signal handler",
             msg: e.to_string(),
         })?;
@@ -651,7 +646,7 @@ fn load_guest(
         ioapic_id: loader::ioapic_mp_id(args.cpus),
         pci_mmio: (PCI_MMIO_START, PCI_MMIO_END),
         ecam: (PCI_ECAM_START, PCI_ECAM_SIZE),
-        serial: serial_ports(p.channel.is_some()),
+        serial: p.uarts.clone(),
         virtio_mmio: p.virtio.mmio_windows.clone(),
     });
     let (boot, _protocol) = loader::load(
@@ -837,7 +832,7 @@ fn watch(args: &RunArgs, started: Instant, r: &Running, inputs: &ReportInputs) -
         if control.is_stopping() {
             for h in r.handles.iter().filter(|h| !h.is_finished()) {
                 // SAFETY: the thread is alive (not finished) so its pthread_t is valid.
-                unsafe { libc::pthread_kill(h.as_pthread_t(), kick_signal()) };
+                unsafe { libc::pthread_kill(h.as_pthread_t(), vcpu::kick_signal()) };
             }
         } else {
             let sig = SIGNALLED.load(Ordering::SeqCst);
