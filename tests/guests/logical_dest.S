@@ -14,21 +14,6 @@
 test_name: .asciz "logical_dest"
 
 .text
-/* set_logical_id(eax = cpu): flat model, logical ID bit `cpu`. */
-set_logical_id:
-    push %ebx
-    mov %eax, %ebx
-    mov $APIC_DFR, %eax
-    mov $0xffffffff, %edx
-    call apic_write
-    lea 24(%ebx), %ecx
-    mov $1, %edx
-    shl %cl, %edx
-    mov $APIC_LDR, %eax
-    call apic_write
-    pop %ebx
-    ret
-
 /* pulse(eax = logical destination): program RTE 3, then pulse the line. */
 pulse:
     mov %eax, %ecx
@@ -53,9 +38,9 @@ test_main:
     push %ebx
     mov $VEC, %eax
     call irq_allow
-    movl $set_logical_id, ap_init_hook
+    movl $apic_set_flat, ap_init_hook
     xor %eax, %eax
-    call set_logical_id
+    call apic_set_flat
     mov $APIC_LDR, %eax
     call apic_read
     mov %eax, %ebx

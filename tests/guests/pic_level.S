@@ -22,10 +22,8 @@ hook:
 1:  xor %eax, %eax
     call pic_read_isr
     mov %eax, master_isr
-    mov $PIC_EOI, %al
-    outb %al, $PIC2_CMD
-    outb %al, $PIC1_CMD
-    ret
+    mov $VEC, %eax
+    jmp pic_eoi
 
 .globl test_main
 test_main:

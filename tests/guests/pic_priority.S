@@ -18,13 +18,7 @@ hook:
     mov order_n, %ecx
     mov %al, order(%ecx)
     incl order_n
-    cmp $PIC_SLAVE_BASE, %eax
-    jb 1f
-    mov $PIC_EOI, %al
-    outb %al, $PIC2_CMD
-1:  mov $PIC_EOI, %al
-    outb %al, $PIC1_CMD
-    ret
+    jmp pic_eoi
 
 .globl test_main
 test_main:

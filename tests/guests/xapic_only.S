@@ -17,37 +17,6 @@
 test_name: .asciz "xapic_only"
 
 .text
-/* set_flat(eax = cpu) */
-set_flat:
-    push %ebx
-    mov %eax, %ebx
-    mov $APIC_DFR, %eax
-    mov $0xffffffff, %edx
-    call apic_write
-    lea 24(%ebx), %ecx
-    mov $1, %edx
-    shl %cl, %edx
-    mov $APIC_LDR, %eax
-    call apic_write
-    pop %ebx
-    ret
-
-/* set_cluster(eax = cpu): cluster 1, member bit cpu. */
-set_cluster:
-    push %ebx
-    mov %eax, %ebx
-    mov $APIC_DFR, %eax
-    mov $0x0fffffff, %edx
-    call apic_write
-    lea 24(%ebx), %ecx
-    mov $1, %edx
-    shl %cl, %edx
-    or $0x10000000, %edx
-    mov $APIC_LDR, %eax
-    call apic_write
-    pop %ebx
-    ret
-
 /* ipi(edx = logical destination) */
 ipi:
     mov $(VEC | ICR_LOGICAL | ICR_ASSERT), %eax
@@ -71,9 +40,9 @@ test_main:
     EXPECT_EQ %ecx, $0, 1, "CPUID.1:ECX[21] (x2APIC) is clear"
     mov $VEC, %eax
     call irq_allow
-    movl $set_flat, ap_init_hook
+    movl $apic_set_flat, ap_init_hook
     xor %eax, %eax
-    call set_flat
+    call apic_set_flat
     mov $2, %eax
     call smp_start
 
@@ -91,8 +60,8 @@ test_main:
      * CPU: vCPU 0 switches here, vCPU 1 in the handler of a (still flat)
      * IPI with vector VEC2. */
     xor %eax, %eax
-    call set_cluster
-    movl $set_cluster, ap_vec_hook_fn
+    call apic_set_cluster
+    movl $apic_set_cluster, ap_vec_hook_fn
     mov $VEC2, %eax
     mov $ap_switch, %edx
     call irq_set_hook

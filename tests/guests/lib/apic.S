@@ -92,6 +92,42 @@ apic_init_cpu:
     call apic_write
     ret
 
+/* ---- xAPIC logical destinations ---------------------------------------- */
+
+/* apic_set_flat(eax = cpu): flat model (DFR 0xffffffff), logical ID bit
+ * `cpu` (LDR = 1 << (24 + cpu)).  xAPIC mode only. */
+.globl apic_set_flat
+apic_set_flat:
+    mov $0xffffffff, %edx
+    xor %ecx, %ecx
+    jmp apic_set_logical
+
+/* apic_set_cluster(eax = cpu): cluster model (DFR 0x0fffffff), cluster 1,
+ * member bit `cpu` (LDR = 0x10000000 | 1 << (24 + cpu)).  xAPIC mode only. */
+.globl apic_set_cluster
+apic_set_cluster:
+    mov $0x0fffffff, %edx
+    mov $0x10000000, %ecx
+    /* fall through */
+
+/* apic_set_logical(eax = cpu, edx = DFR, ecx = bits ORed into the LDR) */
+apic_set_logical:
+    push %ebx
+    push %esi
+    mov %eax, %ebx
+    mov %ecx, %esi
+    mov $APIC_DFR, %eax
+    call apic_write
+    lea 24(%ebx), %ecx
+    mov $1, %edx
+    shl %cl, %edx
+    or %esi, %edx
+    mov $APIC_LDR, %eax
+    call apic_write
+    pop %esi
+    pop %ebx
+    ret
+
 /* ---- LAPIC-timer tick and waiting ---------------------------------------- */
 
 /* Hook for TICK_VECTOR. */

@@ -34,6 +34,18 @@ pic_init:
     mov $0x700, %edx                /* ExtINT, unmasked */
     jmp apic_write
 
+/* pic_eoi(eax = vector): non-specific EOI for a PIC vector: to the slave
+ * first when the vector is the slave's, then to the master (which has the
+ * cascade, or the IRQ itself, in service). */
+.globl pic_eoi
+pic_eoi:
+    cmp $PIC_SLAVE_BASE, %eax
+    mov $PIC_EOI, %al
+    jb 1f
+    outb %al, $PIC2_CMD
+1:  outb %al, $PIC1_CMD
+    ret
+
 /* pic_read_isr(eax = 0 master / 1 slave) -> eax = ISR (OCW3 0x0b). */
 .globl pic_read_isr
 pic_read_isr:
