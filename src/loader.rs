@@ -145,16 +145,17 @@ pub fn format_of(args: &RunArgs) -> Result<KernelFormat> {
 /// vCPU state.
 pub fn load(
     args: &RunArgs,
+    format: KernelFormat,
     initrd: Option<&mut File>,
     cmdline: &str,
     mem: &GuestMemoryMmap,
     mem_size: u64,
     acpi: Option<&acpi::AcpiConfig>,
 ) -> Result<(BootState, Protocol)> {
-    // Detect from the first 8 KiB: a Linux kernel is then streamed into
-    // guest memory by linux-loader, never read whole into our own heap
-    // (that cost ~25 ms and 18 MiB of page faults per start).
-    let format = format_of(args)?;
+    // `format` was detected from the first 8 KiB (format_of): a Linux
+    // kernel is then streamed into guest memory by linux-loader, never read
+    // whole into our own heap (that cost ~25 ms and 18 MiB of page faults
+    // per start).
     let load_err = |msg: String| Error::Load {
         path: args.kernel.clone(),
         msg,

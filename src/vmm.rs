@@ -262,6 +262,12 @@ struct Console {
     panicked: Arc<AtomicBool>,
 }
 
+/// A Linux kernel: it gets the MP table, ACPI tables and a default command
+/// line.
+fn is_linux(format: KernelFormat) -> bool {
+    matches!(format, KernelFormat::Elf | KernelFormat::Bzimage)
+}
+
 /// Stage 1: the machine, every device placed once (on its bus range, with
 /// its interrupt source row in the report).
 struct Platform {
@@ -277,8 +283,8 @@ struct Platform {
     /// The 16550-style ports placed (COM1, and COM2-COM4 in command mode),
     /// for the DSDT.
     uarts: Vec<acpi::SerialPort>,
-    /// A Linux kernel (gets the MP table, ACPI tables and its command line).
-    linux: bool,
+    /// The kernel's format, read once from its head.
+    format: KernelFormat,
     /// ACPI tables (and the PM device they name) are written.
     acpi: bool,
 }
@@ -292,7 +298,6 @@ impl Platform {
         serial_dest: &SerialDest,
     ) -> Result<Platform> {
         let format = loader::format_of(args)?;
-        let linux = matches!(format, KernelFormat::Elf | KernelFormat::Bzimage);
         let control = Arc::new(VmControl::new());
         let panicked = Arc::new(AtomicBool::new(false));
         let out = SerialOutput::new(serial_output(serial_dest)?).with_panic_watch(PanicWatch {
@@ -315,8 +320,8 @@ impl Platform {
             msi_injected: None,
             virtio: Default::default(),
             uarts: Vec::new(),
-            linux,
-            acpi: linux && !args.no_acpi,
+            format,
+            acpi: is_linux(format) && !args.no_acpi,
         };
         p.place_legacy(args, out)?;
         p.channel = p.place_channel(args)?;
@@ -621,7 +626,7 @@ fn load_guest(
 ) -> Result<BootState> {
     let mut cmdline = match &args.cmdline {
         Some(c) => c.clone(),
-        None if p.linux => default_linux_cmdline(host_report),
+        None if is_linux(p.format) => default_linux_cmdline(host_report),
         None => String::new(),
     };
     cmdline.push_str(&p.virtio.cmdline);
@@ -651,6 +656,7 @@ fn load_guest(
     });
     let (boot, _protocol) = loader::load(
         args,
+        p.format,
         initrd.as_mut(),
         cmdline.trim(),
         mem,
