@@ -62,7 +62,8 @@ pub struct TestArgs {
     pub progress: String,
 }
 
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum KernelFormat {
     /// Multiboot header, else ELF vmlinux, else bzImage.
     Auto,
@@ -101,11 +102,11 @@ pub enum EntryMode {
     Protected,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// Guest kernel image.
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "restore")]
+    pub kernel: Option<PathBuf>,
     /// Initial ramdisk (Linux) or module (multiboot).
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
@@ -212,6 +213,20 @@ pub struct RunArgs {
     /// a system call outside its seccomp allow-list.
     #[arg(long, hide = true, value_name = "FAULT")]
     pub fault_inject: Option<FaultInject>,
+    /// Take a snapshot into DIR when the guest first says it is ready (the
+    /// agent's `ready` with `-- CMD`, or a write to the test devices'
+    /// ready port), then go on (docs/snapshot.md).
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_on_ready: Option<PathBuf>,
+    /// Take a snapshot into DIR each time splitvm gets SIGUSR1 (the VM goes
+    /// on; a later snapshot replaces the earlier one).
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_on_signal: Option<PathBuf>,
+    /// Start from the snapshot in DIR instead of booting: the machine
+    /// (vCPUs, memory, devices) is the snapshot's; with `-- CMD` the
+    /// restored guest's agent runs CMD.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "cmdline", "add", "disk", "net", "test_devices", "no_pit", "no_acpi", "no_mptable", "cpu_features", "pvh", "entry", "disable_exits"])]
+    pub restore: Option<PathBuf>,
     /// Run this command in the guest (through the splitvm agent of the
     /// initramfs, docs/ci-runner.md), stream its stdout and stderr, and exit
     /// with its status.
@@ -220,6 +235,14 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The kernel image (empty when restoring a snapshot, which needs none).
+    pub fn kernel(&self) -> &PathBuf {
+        static NONE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        self.kernel
+            .as_ref()
+            .unwrap_or_else(|| NONE.get_or_init(PathBuf::new))
+    }
+
     /// True in `splitvm run ... -- CMD` (command mode).
     pub fn command_mode(&self) -> bool {
         !self.command.is_empty()

@@ -52,6 +52,10 @@ pub enum Error {
     DeviceSpec(String),
     #[error("cannot set up {what}: {msg}")]
     Setup { what: &'static str, msg: String },
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error("{0}")]
+    Restore(String),
     #[error("cannot write {what} '{path}': {err}")]
     Output {
         what: &'static str,

@@ -87,6 +87,50 @@ impl SplitIrqChip {
     pub fn eoi_exit(&self, vector: u8) -> u32 {
         lock(&self.ioapic).end_of_interrupt(vector)
     }
+
+    /// The userspace irqchip's state for a snapshot (the LAPICs are saved
+    /// with their vCPUs).
+    pub fn save(&self) -> IrqChipState {
+        IrqChipState {
+            ioapic: lock(&self.ioapic).save(),
+            pic: self.pic.save(),
+            routes: self.router.table(),
+        }
+    }
+
+    /// Put back a saved state, after the vCPUs' LAPICs: the GSI table in
+    /// one push (KVM rescans it for the level vectors whose EOI it must
+    /// report, so an interrupt in service at the snapshot still gets its
+    /// EOI exit), then the I/O APIC and the 8259 registers.
+    pub fn restore(&self, s: &IrqChipState) -> Result<()> {
+        let setup = |msg: String| Error::Setup {
+            what: "restored interrupt routes",
+            msg,
+        };
+        self.router
+            .replace(&s.routes)
+            .map_err(|e| setup(e.to_string()))?;
+        let installed = std::array::from_fn(|pin| {
+            s.routes
+                .iter()
+                .find(|(g, _)| *g as usize == pin)
+                .map(|(_, m)| *m)
+        });
+        lock(&self.ioapic)
+            .restore(&s.ioapic, installed)
+            .map_err(|e| setup(e.to_string()))?;
+        self.pic.restore(&s.pic);
+        Ok(())
+    }
+}
+
+/// The split irqchip in a snapshot: the I/O APIC, the 8259 pair and the
+/// whole GSI routing table (pins 0-23 and MSI vectors).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct IrqChipState {
+    pub ioapic: devices::ioapic::IoApicState,
+    pub pic: devices::pic::PicState,
+    pub routes: Vec<(u32, devices::MsiMessage)>,
 }
 
 #[cfg(test)]

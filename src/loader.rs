@@ -131,10 +131,10 @@ pub fn detect(image: &[u8]) -> Option<KernelFormat> {
 /// The kernel format `args` asks for, detected from the file's head for
 /// `--kernel-format auto`.
 pub fn format_of(args: &RunArgs) -> Result<KernelFormat> {
-    let head = read_head(&args.kernel, multiboot::SEARCH_LEN)?;
+    let head = read_head(args.kernel(), multiboot::SEARCH_LEN)?;
     match args.kernel_format {
         KernelFormat::Auto => {
-            detect(&head).ok_or_else(|| Error::UnknownFormat(args.kernel.clone()))
+            detect(&head).ok_or_else(|| Error::UnknownFormat(args.kernel().clone()))
         }
         f => Ok(f),
     }
@@ -157,14 +157,14 @@ pub fn load(
     // whole into our own heap (that cost ~25 ms and 18 MiB of page faults
     // per start).
     let load_err = |msg: String| Error::Load {
-        path: args.kernel.clone(),
+        path: args.kernel().clone(),
         msg,
     };
     let below_4g = mem_size.min(layout::MMIO_HOLE_START);
     let above_4g = mem_size - below_4g;
     match format {
         KernelFormat::Multiboot => {
-            let image = read_file("kernel", &args.kernel, below_4g)?;
+            let image = read_file("kernel", args.kernel(), below_4g)?;
             let loaded = multiboot::load(mem, &image).map_err(|e| load_err(e.to_string()))?;
             let initrd = match (initrd, &args.initrd) {
                 (Some(f), Some(p)) => Some(read_all("initrd", p, f, below_4g)?),
@@ -174,7 +174,7 @@ pub fn load(
             // The multiboot command line starts with the image's name, as
             // QEMU and GRUB write it ("%s %s"): kvm-unit-tests and other
             // multiboot programs take the first word as argv[0].
-            let mb_cmdline = multiboot_cmdline(&args.kernel, cmdline);
+            let mb_cmdline = multiboot_cmdline(args.kernel(), cmdline);
             let ebx = multiboot::write_info(
                 mem,
                 below_4g,
@@ -197,7 +197,7 @@ pub fn load(
         }
         KernelFormat::Raw => {
             let entry = args.entry.ok_or(Error::RawNeedsEntry)?;
-            let image = read_file("kernel", &args.kernel, below_4g)?;
+            let image = read_file("kernel", args.kernel(), below_4g)?;
             let end = args
                 .load_addr
                 .checked_add(image.len() as u64)
@@ -229,7 +229,7 @@ pub fn load(
             ))
         }
         KernelFormat::Elf | KernelFormat::Bzimage => {
-            let mut kernel = open_regular("kernel", &args.kernel)?;
+            let mut kernel = open_regular("kernel", args.kernel())?;
             let boot = linux::load_linux(mem, &mut kernel, initrd, cmdline, args.pvh)
                 .map_err(|e| load_err(e.to_string()))?;
             // The MP table and the ACPI tables describe the same machine:
@@ -274,7 +274,7 @@ pub fn load(
                 Protocol::Linux,
             ))
         }
-        KernelFormat::Auto => Err(Error::UnknownFormat(args.kernel.clone())),
+        KernelFormat::Auto => Err(Error::UnknownFormat(args.kernel().clone())),
     }
 }
 

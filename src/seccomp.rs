@@ -157,6 +157,9 @@ const SUPERVISOR_EXTRA: &[i64] = &[
     libc::SYS_readlinkat,
     libc::SYS_tgkill,
     libc::SYS_fsync,
+    // Snapshot files: the sparse memory file.
+    libc::SYS_pwrite64,
+    libc::SYS_ftruncate,
 ];
 
 // ioctl request numbers (linux/kvm.h, asm-generic/ioctls.h).
@@ -171,6 +174,15 @@ const KVM_GET_SREGS: u64 = 0x8138_ae83;
 const KVM_TRANSLATE: u64 = 0xc018_ae85;
 const KVM_INTERRUPT: u64 = 0x4004_ae86;
 const TCGETS: u64 = 0x5401;
+// A snapshot: each vCPU reads its own state, the supervisor the KVM clock.
+const KVM_GET_MSRS: u64 = 0xc008_ae88;
+const KVM_GET_LAPIC: u64 = 0x8400_ae8e;
+const KVM_GET_MP_STATE: u64 = 0x8004_ae98;
+const KVM_GET_VCPU_EVENTS: u64 = 0x8040_ae9f;
+const KVM_GET_DEBUGREGS: u64 = 0x8080_aea1;
+const KVM_GET_XSAVE: u64 = 0x9000_aea4;
+const KVM_GET_XCRS: u64 = 0x8188_aea6;
+const KVM_GET_CLOCK: u64 = 0x8030_ae7c;
 
 /// The ioctls each kind may make (none for the others).
 fn ioctls(kind: ThreadKind) -> &'static [u64] {
@@ -189,6 +201,13 @@ fn ioctls(kind: ThreadKind) -> &'static [u64] {
             KVM_GET_REGS,
             KVM_GET_SREGS,
             KVM_TRANSLATE,
+            KVM_GET_MSRS,
+            KVM_GET_LAPIC,
+            KVM_GET_MP_STATE,
+            KVM_GET_VCPU_EVENTS,
+            KVM_GET_DEBUGREGS,
+            KVM_GET_XSAVE,
+            KVM_GET_XCRS,
         ],
         // Interrupts raised by the PIT and by virtio-mmio devices' pins.
         ThreadKind::Timer | ThreadKind::VirtioWorker => {
@@ -197,7 +216,16 @@ fn ioctls(kind: ThreadKind) -> &'static [u64] {
         ThreadKind::Tracer => &[],
         // Teardown unregisters irqfds/ioeventfds and routes; TCGETS is
         // is_terminal() on stderr.
-        ThreadKind::Supervisor => &[KVM_IRQFD, KVM_IOEVENTFD, KVM_SET_GSI_ROUTING, TCGETS],
+        // A snapshot's clock and its PIC/serial interrupts (KVM_IRQ_LINE,
+        // when the channel's command goes out after it).
+        ThreadKind::Supervisor => &[
+            KVM_IRQFD,
+            KVM_IOEVENTFD,
+            KVM_SET_GSI_ROUTING,
+            TCGETS,
+            KVM_GET_CLOCK,
+            KVM_IRQ_LINE,
+        ],
     }
 }
 
@@ -418,6 +446,25 @@ mod tests {
             }
         }
         assert!(!allowed(ThreadKind::Supervisor).contains(&libc::SYS_execve));
+    }
+
+    #[test]
+    fn snapshot_ioctl_numbers_match_the_kvm_structures() {
+        use kvm_bindings::*;
+        use std::mem::size_of;
+        let ior = |nr: u64, size: usize| 2 << 30 | (size as u64) << 16 | 0xae << 8 | nr;
+        assert_eq!(
+            KVM_GET_MSRS,
+            3 << 30 | (size_of::<kvm_msrs>() as u64) << 16 | 0xae88
+        );
+        assert_eq!(KVM_GET_LAPIC, ior(0x8e, size_of::<kvm_lapic_state>()));
+        assert_eq!(KVM_GET_MP_STATE, ior(0x98, size_of::<kvm_mp_state>()));
+        assert_eq!(KVM_GET_VCPU_EVENTS, ior(0x9f, size_of::<kvm_vcpu_events>()));
+        assert_eq!(KVM_GET_DEBUGREGS, ior(0xa1, size_of::<kvm_debugregs>()));
+        assert_eq!(KVM_GET_XSAVE, ior(0xa4, size_of::<kvm_xsave>()));
+        assert_eq!(KVM_GET_XCRS, ior(0xa6, size_of::<kvm_xcrs>()));
+        assert_eq!(KVM_GET_CLOCK, ior(0x7c, size_of::<kvm_clock_data>()));
+        assert_eq!(KVM_GET_REGS, ior(0x81, size_of::<kvm_regs>()));
     }
 
     #[test]

@@ -159,6 +159,8 @@ pub struct VcpuContext {
     /// vCPU 0: the 8259's INT output reaches this vCPU's LINT0 (ExtINT,
     /// virtual wire), as on a PC.
     pub extint: bool,
+    /// Snapshot pauses: this vCPU parks when one is asked for.
+    pub pause: Arc<crate::snapshot::pause::Pause>,
 }
 
 thread_local! {
@@ -259,6 +261,13 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, mut ctx: VcpuContext) -> VcpuStats {
     loop {
         if ctx.control.is_stopping() {
             break;
+        }
+        if ctx.control.snapshot_pending() {
+            ctx.pause.request();
+        }
+        if ctx.pause.requested() {
+            ctx.pause.park(&mut vcpu, id);
+            continue;
         }
         if let Some(pic) = &pic {
             pic_pre_run(&mut vcpu, pic, id, &ctx.control);

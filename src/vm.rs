@@ -228,6 +228,33 @@ impl GsiRouter {
     }
 }
 
+impl GsiRouter {
+    /// The table as KVM has it.
+    pub fn table(&self) -> Vec<(u32, MsiMessage)> {
+        lock(&self.routes).iter().map(|(g, m)| (*g, *m)).collect()
+    }
+
+    /// Make the table exactly `routes` and push it, even if unchanged: a
+    /// push makes KVM rescan the level-triggered vectors of every vCPU
+    /// (restored vCPUs included).
+    pub fn replace(&self, routes: &[(u32, MsiMessage)]) -> std::result::Result<(), InterruptError> {
+        let next: BTreeMap<u32, MsiMessage> = routes.iter().copied().collect();
+        if let Some(g) = next.keys().find(|g| **g as usize >= MAX_GSIS) {
+            return Err(InterruptError::GsiOutOfRange(*g));
+        }
+        let mut cur = lock(&self.routes);
+        for gsi in cur.keys().filter(|g| !next.contains_key(g)) {
+            self.mark(*gsi, false);
+        }
+        self.push(&next)?;
+        for gsi in next.keys() {
+            self.mark(*gsi, true);
+        }
+        *cur = next;
+        Ok(())
+    }
+}
+
 impl MsiRouting for GsiRouter {
     fn set_route(
         &self,

@@ -35,6 +35,7 @@ use crate::initramfs;
 use crate::irqchip::SplitIrqChip;
 use crate::kvm_stats::KvmStats;
 use crate::loader;
+use crate::snapshot::{self, pause::Pause, HostCpu, Machine};
 use crate::sources::SourceRegistry;
 use crate::stats::{ReportInputs, SnapshotInfo, VcpuCounters, VcpuStats};
 use crate::trace::{TraceReport, Tracer};
@@ -82,6 +83,13 @@ fn install_panic_hook() {
 
 extern "C" fn on_terminate(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     SIGNALLED.store(sig, Ordering::SeqCst);
+}
+
+/// SIGUSR1 with `--snapshot-on-signal`: the supervisor takes a snapshot.
+static SNAPSHOT_SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_snapshot_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    SNAPSHOT_SIGNALLED.store(true, Ordering::SeqCst);
 }
 
 fn host_memory_bytes() -> u64 {
@@ -162,10 +170,10 @@ fn check_args(args: &RunArgs) -> Result<(u64, SerialDest)> {
             host: host >> 20,
         });
     }
-    if !args.kernel.exists() {
+    if args.restore.is_none() && !args.kernel().exists() {
         return Err(Error::File {
             what: "kernel",
-            path: args.kernel.clone(),
+            path: args.kernel().clone(),
             err: std::io::Error::from_raw_os_error(libc::ENOENT),
         });
     }
@@ -176,6 +184,19 @@ fn check_args(args: &RunArgs) -> Result<(u64, SerialDest)> {
         "stdout"
     };
     let serial = parse_serial(args.serial.as_deref().unwrap_or(default_serial))?;
+    if args.snapshot_on_ready.is_some() && !args.command_mode() && !args.test_devices {
+        return Err(Error::DeviceSpec(
+            "--snapshot-on-ready needs a guest that says it is ready: `-- CMD` (the agent) or --test-devices (the ready port)".into(),
+        ));
+    }
+    if (args.snapshot_on_ready.is_some() || args.snapshot_on_signal.is_some())
+        && (!args.disk.is_empty() || !args.net.is_empty())
+    {
+        return Err(Error::DeviceSpec(
+            "snapshots of virtio devices (--disk, --net) are not supported yet (docs/snapshot.md)"
+                .into(),
+        ));
+    }
     if !args.add.is_empty() && args.initrd.is_none() {
         return Err(Error::DeviceSpec(
             "--add needs --initrd: the files are appended to it as a cpio archive".into(),
@@ -211,8 +232,23 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         what: "seccomp",
         msg,
     })?;
-    let (mem_size, serial_dest) = check_args(args)?;
-    let kvm = vm::open_kvm()?;
+    // A restore checks its snapshot first: the machine is the snapshot's.
+    let (kvm, supported, restore, machine_args);
+    let (args, (mem_size, serial_dest)) = if let Some(dir) = &args.restore {
+        kvm = vm::open_kvm()?;
+        supported = supported_cpuid(&kvm)?;
+        let l = snapshot::load(dir, &HostCpu::of(&supported))?;
+        machine_args = l.state.machine.apply(args);
+        check_restore(&l, &machine_args)?;
+        restore = Some(l);
+        (&machine_args, check_args(&machine_args)?)
+    } else {
+        let checked = check_args(args)?;
+        kvm = vm::open_kvm()?;
+        supported = supported_cpuid(&kvm)?;
+        restore = None;
+        (args, checked)
+    };
     let caps = vm::host_caps(&kvm);
     if args.cpus as usize > caps.max_vcpus {
         return Err(Error::Cpus {
@@ -220,7 +256,10 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             max: caps.max_vcpus as u32,
         });
     }
-    let mem = vm::guest_memory(mem_size)?;
+    let mem = match &restore {
+        Some(l) => l.map_memory(&arch::layout::ram_regions(mem_size))?,
+        None => vm::guest_memory(mem_size)?,
+    };
     let vm_fd = Arc::new(vm::create_vm(&kvm, &mem)?);
     // Before any vCPU exists (KVM refuses it after).
     if let Some(mask) = args.disable_exits {
@@ -231,19 +270,44 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     }
     let host_report = host::detect();
 
-    let platform = Platform::build(args, &vm_fd, &mem, mem_size, &serial_dest)?;
-    let boot = load_guest(args, &platform, &mem, mem_size, &host_report)?;
+    let format = match &restore {
+        Some(l) => l.state.machine.kernel_format,
+        None => loader::format_of(args)?,
+    };
+    let platform = Platform::build(args, format, &vm_fd, &mem, mem_size, &serial_dest)?;
+    let boot = match &restore {
+        Some(_) => None,
+        None => Some(load_guest(args, &platform, &mem, mem_size, &host_report)?),
+    };
     let mut kvm_stats = KvmStats::new(&*vm_fd);
     let vcpus = create_vcpus(
         args,
-        &kvm,
+        &supported,
         &vm_fd,
         caps.tsc_deadline,
         &mem,
-        &boot,
+        boot.as_ref(),
         &mut kvm_stats,
     )?;
-    let running = platform.start(args, vcpus, &mem)?;
+    if let Some(l) = &restore {
+        platform.restore(l, &vm_fd, &vcpus)?;
+    }
+    // Snapshots save the MSRs KVM lists (read now, before seccomp).
+    let msr_indices = if args.snapshot_on_ready.is_some() || args.snapshot_on_signal.is_some() {
+        kvm.get_msr_index_list()
+            .map_err(crate::error::kvm("KVM_GET_MSR_INDEX_LIST"))?
+            .as_slice()
+            .to_vec()
+    } else {
+        Vec::new()
+    };
+    let snap = SnapshotSetup {
+        vm: vm_fd.clone(),
+        host: HostCpu::of(&supported),
+        machine: platform.machine(args, mem_size),
+        pause: Arc::new(Pause::new(vcpus.len(), msr_indices)),
+    };
+    let running = platform.start(args, vcpus, &mem, snap)?;
     supervise(
         args,
         started,
@@ -287,17 +351,20 @@ struct Platform {
     format: KernelFormat,
     /// ACPI tables (and the PM device they name) are written.
     acpi: bool,
+    /// The channel's control port (COM4), to send a command after a
+    /// snapshot or a restore.
+    control_port: Option<Arc<Mutex<ControlPort>>>,
 }
 
 impl Platform {
     fn build(
         args: &RunArgs,
+        format: KernelFormat,
         vm_fd: &Arc<kvm_ioctls::VmFd>,
         mem: &vm_memory::GuestMemoryMmap,
         mem_size: u64,
         serial_dest: &SerialDest,
     ) -> Result<Platform> {
-        let format = loader::format_of(args)?;
         let control = Arc::new(VmControl::new());
         let panicked = Arc::new(AtomicBool::new(false));
         let out = SerialOutput::new(serial_output(serial_dest)?).with_panic_watch(PanicWatch {
@@ -322,7 +389,11 @@ impl Platform {
             uarts: Vec::new(),
             format,
             acpi: is_linux(format) && !args.no_acpi,
+            control_port: None,
         };
+        if args.snapshot_on_ready.is_some() {
+            p.control.snapshot_on_ready();
+        }
         p.place_legacy(args, out)?;
         p.channel = p.place_channel(args)?;
         if args.test_devices {
@@ -443,10 +514,11 @@ impl Platform {
         self.place_uart("cmd-stdout", COM2_BASE, COM2_PIN, stdout)?;
         let stderr = stream(&self.irqchip, Box::new(std::io::stderr()), true, COM3_PIN);
         self.place_uart("cmd-stderr", COM3_BASE, COM3_PIN, stderr)?;
-        let ctl = dev(ControlPort::new(
+        let ctl = Arc::new(Mutex::new(ControlPort::new(
             self.irqchip.isa_line(COM4_PIN as u8),
             ch.clone(),
-        ));
+        )));
+        self.control_port = Some(ctl.clone());
         self.place_uart("cmd-control", COM4_BASE, COM4_PIN, ctl)?;
         Ok(Some(ch))
     }
@@ -475,7 +547,56 @@ impl Platform {
         let port = MsiTestPort::new(msi_routing);
         self.msi_injected = Some(port.injected_counter());
         let (base, len) = (testdev::MSI_TEST_PORT, testdev::MSI_TEST_LEN);
-        self.place_pio("msi-test-port", base, len, dev(port), None)
+        self.place_pio("msi-test-port", base, len, dev(port), None)?;
+        let ready = dev(testdev::ReadyPort(self.control.clone()));
+        self.place_pio("ready-port", testdev::READY_PORT, 1, ready, None)
+    }
+
+    /// The machine's shape, for a snapshot.
+    fn machine(&self, args: &RunArgs, mem_size: u64) -> Machine {
+        Machine {
+            cpus: args.cpus,
+            memory_bytes: mem_size,
+            kernel_format: self.format,
+            acpi: self.acpi,
+            pit: !args.no_pit,
+            test_devices: args.test_devices,
+            channel: self.channel.is_some(),
+            cpu_features: args.cpu_features.clone(),
+        }
+    }
+
+    /// Put a snapshot's state into this (identically built) machine and
+    /// its new vCPUs, before any runs: the KVM clock, each vCPU, the split
+    /// irqchip, every device; then a waiting guest gets its command.
+    fn restore(
+        &self,
+        l: &snapshot::Loaded,
+        vm_fd: &kvm_ioctls::VmFd,
+        vcpus: &[kvm_ioctls::VcpuFd],
+    ) -> Result<()> {
+        let bad = |e: String| Error::Restore(format!("snapshot '{}': {e}", l.dir.display()));
+        let mut clock = l.state.clock;
+        // Without KVM_CLOCK_REALTIME KVM sets the clock as saved: the
+        // guest's time goes on from the snapshot instant.
+        clock.flags = 0;
+        vm_fd
+            .set_clock(&clock)
+            .map_err(|e| bad(format!("KVM_SET_CLOCK: {e}")))?;
+        for (v, s) in vcpus.iter().zip(&l.state.vcpus) {
+            s.restore(v).map_err(bad)?;
+        }
+        self.irqchip.restore(&l.state.irqchip)?;
+        self.pio
+            .restore(&l.state.pio)
+            .map_err(|e| bad(e.to_string()))?;
+        self.mmio
+            .restore(&l.state.mmio)
+            .map_err(|e| bad(e.to_string()))?;
+        if let Some(port) = &self.control_port {
+            lock(port).send_command();
+        }
+        Ok(())
     }
 
     /// The I/O APIC's page, PCI segment 0 (host bridge always there, config
@@ -520,6 +641,7 @@ impl Platform {
         args: &RunArgs,
         vcpus: Vec<kvm_ioctls::VcpuFd>,
         mem: &vm_memory::GuestMemoryMmap,
+        snap: SnapshotSetup,
     ) -> Result<Running> {
         register_signal_handler(vcpu::kick_signal(), vcpu::on_kick).map_err(|e| Error::Setup {
             what: "signal handler",
@@ -529,6 +651,14 @@ impl Platform {
             register_signal_handler(sig, on_terminate).map_err(|e| Error::Setup {
                 what: "signal handler",
                 msg: e.to_string(),
+            })?;
+        }
+        if args.snapshot_on_signal.is_some() {
+            register_signal_handler(libc::SIGUSR1, on_snapshot_signal).map_err(|e| {
+                Error::Setup {
+                    what: "signal handler",
+                    msg: e.to_string(),
+                }
             })?;
         }
         let pio = Arc::new(self.pio);
@@ -576,6 +706,7 @@ impl Platform {
                 sources: sources.clone(),
                 fault: args.fault_inject.filter(|_| id == 0),
                 extint: id == 0,
+                pause: snap.pause.clone(),
             };
             let pin_to = (!host_cpus.is_empty()).then(|| host_cpus[id % host_cpus.len()]);
             let h = thread::Builder::new()
@@ -602,6 +733,11 @@ impl Platform {
             irqchip: self.irqchip,
             pio_names: pio.device_names().to_vec(),
             mmio_names: mmio.device_names().to_vec(),
+            pio,
+            mmio,
+            mem: mem.clone(),
+            snap,
+            control_port: self.control_port,
             sources,
             console: self.console,
             channel: self.channel,
@@ -670,16 +806,13 @@ fn load_guest(
 /// vCPU's entry registers).
 fn create_vcpus(
     args: &RunArgs,
-    kvm: &kvm_ioctls::Kvm,
+    supported: &kvm_bindings::CpuId,
     vm_fd: &kvm_ioctls::VmFd,
     tsc_deadline: bool,
     mem: &vm_memory::GuestMemoryMmap,
-    boot: &BootState,
+    boot: Option<&BootState>,
     kvm_stats: &mut KvmStats,
 ) -> Result<Vec<kvm_ioctls::VcpuFd>> {
-    let supported = kvm
-        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(crate::error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
     let hidden = |f: &str| args.cpu_features.iter().any(|x| x == f);
     let cfg = CpuidConfig {
         num_cpus: args.cpus,
@@ -688,12 +821,43 @@ fn create_vcpus(
     };
     let mut vcpus = Vec::new();
     for id in 0..args.cpus {
-        let b = (id == 0).then_some(boot);
-        let v = vcpu::create_vcpu(vm_fd, id, &supported, cfg, mem, b)?;
+        let b = boot.filter(|_| id == 0);
+        let v = vcpu::create_vcpu(vm_fd, id, supported, cfg, mem, b)?;
         kvm_stats.add_vcpu(id, &v);
         vcpus.push(v);
     }
     Ok(vcpus)
+}
+
+/// KVM_GET_SUPPORTED_CPUID: the vCPUs' CPUID base, and the host identity
+/// a snapshot records.
+fn supported_cpuid(kvm: &kvm_ioctls::Kvm) -> Result<kvm_bindings::CpuId> {
+    kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(crate::error::kvm("KVM_GET_SUPPORTED_CPUID"))
+}
+
+/// A snapshot's machine against the restore's command line: a guest that
+/// waits for a command needs one, and only a guest with the channel can
+/// run one.
+fn check_restore(l: &snapshot::Loaded, args: &RunArgs) -> Result<()> {
+    let dir = l.dir.display();
+    match (l.state.machine.channel, args.command_mode()) {
+        (true, false) => Err(Error::Restore(format!(
+            "snapshot '{dir}' was taken at the agent's ready: its guest waits for a command; give one after `--`"
+        ))),
+        (false, true) => Err(Error::Restore(format!(
+            "snapshot '{dir}' has no host-guest channel (it was not taken with `-- CMD`), so it cannot run a command"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// What taking a snapshot needs besides the buses and the irqchip.
+struct SnapshotSetup {
+    vm: Arc<kvm_ioctls::VmFd>,
+    host: HostCpu,
+    machine: Machine,
+    pause: Arc<Pause>,
 }
 
 /// What supervision needs of a running VM.
@@ -702,6 +866,11 @@ struct Running {
     irqchip: Arc<SplitIrqChip>,
     pio_names: Vec<String>,
     mmio_names: Vec<String>,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    mem: vm_memory::GuestMemoryMmap,
+    snap: SnapshotSetup,
+    control_port: Option<Arc<Mutex<ControlPort>>>,
     sources: Arc<SourceRegistry>,
     console: Console,
     channel: Option<Arc<Channel>>,
@@ -836,6 +1005,9 @@ fn watch(args: &RunArgs, started: Instant, r: &Running, inputs: &ReportInputs) -
             break;
         }
         if control.is_stopping() {
+            // vCPUs parked for a snapshot that will not be taken now.
+            control.take_snapshot_request();
+            r.snap.pause.resume();
             for h in r.handles.iter().filter(|h| !h.is_finished()) {
                 // SAFETY: the thread is alive (not finished) so its pthread_t is valid.
                 unsafe { libc::pthread_kill(h.as_pthread_t(), vcpu::kick_signal()) };
@@ -852,6 +1024,8 @@ fn watch(args: &RunArgs, started: Instant, r: &Running, inputs: &ReportInputs) -
                 control.request_exit(ExitReason::VmmError(
                     "a vCPU thread ended unexpectedly".into(),
                 ));
+            } else {
+                snapshot_triggers(args, r);
             }
         }
         if progress && last_progress.elapsed() >= Duration::from_millis(500) {
@@ -895,6 +1069,103 @@ fn watch(args: &RunArgs, started: Instant, r: &Running, inputs: &ReportInputs) -
         eprint!("\r\x1b[K");
     }
     snapshot_seq
+}
+
+/// Take the snapshots asked for: at the guest's first ready
+/// (`--snapshot-on-ready`: a failure stops the VM, the snapshot was the
+/// point; then the waiting guest gets its command) and on SIGUSR1
+/// (`--snapshot-on-signal`: a failure is reported, the VM goes on).
+fn snapshot_triggers(args: &RunArgs, r: &Running) {
+    if r.control.take_snapshot_request() {
+        if let Some(dir) = &args.snapshot_on_ready {
+            match take_snapshot(r, dir, "ready") {
+                Ok(()) => {
+                    if let Some(port) = &r.control_port {
+                        lock(port).send_command();
+                    }
+                }
+                Err(e) => {
+                    r.control
+                        .request_exit(ExitReason::VmmError(format!("--snapshot-on-ready: {e}")));
+                }
+            }
+        }
+    }
+    if SNAPSHOT_SIGNALLED.swap(false, Ordering::SeqCst) {
+        if let Some(dir) = &args.snapshot_on_signal {
+            if let Err(e) = take_snapshot(r, dir, "signal") {
+                eprintln!("splitvm: --snapshot-on-signal: {e}");
+            }
+        }
+    }
+}
+
+/// Pause the VM at one consistent instant, save it into `dir`, resume.
+/// Device timers stop first (a PIT tick cannot land between the LAPICs'
+/// and the PIT's state), then every vCPU parks, then they save their state.
+fn take_snapshot(
+    r: &Running,
+    dir: &std::path::Path,
+    trigger: &str,
+) -> std::result::Result<(), String> {
+    let t0 = Instant::now();
+    r.pio.pause(true);
+    r.mmio.pause(true);
+    let pause = &r.snap.pause;
+    let kick = || {
+        for h in r.handles.iter().filter(|h| !h.is_finished()) {
+            // SAFETY: the thread is alive (not finished) so its pthread_t is valid.
+            unsafe { libc::pthread_kill(h.as_pthread_t(), vcpu::kick_signal()) };
+        }
+    };
+    let result = pause
+        .pause_all(kick, || r.control.is_stopping(), Duration::from_secs(10))
+        .and_then(|()| {
+            let paused = t0.elapsed();
+            let saved = save_paused(r, dir, trigger);
+            pause.resume();
+            let w = saved?;
+            log::info!(
+                "snapshot ({trigger}) written to {}: vCPUs paused in {:.1} ms, {:.1} ms in all; state {} KiB, memory {} of {} MiB written",
+                dir.display(),
+                paused.as_secs_f64() * 1e3,
+                t0.elapsed().as_secs_f64() * 1e3,
+                w.state_bytes >> 10,
+                w.memory_written >> 20,
+                w.memory_bytes >> 20
+            );
+            Ok(())
+        });
+    r.pio.pause(false);
+    r.mmio.pause(false);
+    result
+}
+
+/// With every vCPU parked: collect the state and write the snapshot.
+fn save_paused(
+    r: &Running,
+    dir: &std::path::Path,
+    trigger: &str,
+) -> std::result::Result<snapshot::Written, String> {
+    let vcpus = r.snap.pause.capture()?;
+    let clock = r
+        .snap
+        .vm
+        .get_clock()
+        .map_err(|e| format!("KVM_GET_CLOCK: {e}"))?;
+    let state = snapshot::VmState {
+        splitvm_version: env!("CARGO_PKG_VERSION").into(),
+        host: r.snap.host.clone(),
+        trigger: trigger.into(),
+        machine: r.snap.machine.clone(),
+        memory_file: String::new(),
+        clock,
+        vcpus,
+        irqchip: r.irqchip.save(),
+        pio: r.pio.save().map_err(|e| e.to_string())?,
+        mmio: r.mmio.save().map_err(|e| e.to_string())?,
+    };
+    snapshot::write(dir, state, &r.mem).map_err(|e| e.to_string())
 }
 
 /// `-- CMD` ended without the command's status: say why on stderr, with the

@@ -93,7 +93,40 @@ impl AcpiPm {
     }
 }
 
+/// The PM1a registers and the PM timer's time in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AcpiPmState {
+    pub status: u16,
+    pub enable: u16,
+    pub cnt: u16,
+    /// Nanoseconds the PM timer had counted (it goes on from there).
+    pub timer_ns: u64,
+}
+
 impl BusDevice for AcpiPm {
+    fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
+        Ok(Some(crate::DeviceState::AcpiPm(AcpiPmState {
+            status: self.status,
+            enable: self.enable,
+            cnt: self.cnt,
+            timer_ns: self.start.elapsed().as_nanos() as u64,
+        })))
+    }
+
+    fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
+        let crate::DeviceState::AcpiPm(s) = s else {
+            return Err(crate::StateError::wrong_kind("the ACPI PM block"));
+        };
+        self.status = s.status;
+        self.enable = s.enable;
+        self.cnt = s.cnt;
+        let now = Instant::now();
+        self.start = now
+            .checked_sub(std::time::Duration::from_nanos(s.timer_ns))
+            .unwrap_or(now);
+        Ok(())
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         if (TMR..TMR + 4).contains(&offset) {

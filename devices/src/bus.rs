@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use crate::state::{BusStateError, DeviceState, SavedDevice, StateError};
 use crate::sync::lock;
 
 /// A device on a [`Bus`]. `offset` is relative to the start of the range the
@@ -13,6 +14,23 @@ use crate::sync::lock;
 pub trait BusDevice: Send {
     fn read(&mut self, offset: u64, data: &mut [u8]);
     fn write(&mut self, offset: u64, data: &[u8]);
+
+    /// The device's state for a snapshot (see [`crate::state`]): `Ok(None)`
+    /// when it has none of its own; by default it cannot be snapshotted.
+    fn save_state(&self) -> Result<Option<DeviceState>, StateError> {
+        Err(StateError::Unsupported)
+    }
+
+    /// Put back what [`save_state`](BusDevice::save_state) gave. Called
+    /// before any vCPU runs, after the irqchip is restored.
+    fn restore_state(&mut self, _state: &DeviceState) -> Result<(), StateError> {
+        Err(StateError::Unsupported)
+    }
+
+    /// Stop (`true`) or resume device-initiated activity (timers raising
+    /// interrupts) while a snapshot is taken; guest accesses are not
+    /// affected (the vCPUs are paused then anyway).
+    fn pause(&mut self, _paused: bool) {}
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -22,6 +40,9 @@ pub enum BusError {
     #[error("empty range at {0:#x}")]
     Empty(u64),
 }
+
+/// A device on the bus with its name and lowest address.
+type Placed<'a> = (String, u64, &'a Arc<Mutex<dyn BusDevice>>);
 
 struct Entry {
     len: u64,
@@ -122,6 +143,65 @@ impl Bus {
         let (base, e) = self.find(addr)?;
         lock(&e.device).write(addr - base + e.offset_base, data);
         Some(e.index)
+    }
+
+    /// Each device once (a device registered at several ranges appears at
+    /// its lowest address), with its name and that address.
+    fn unique(&self) -> Vec<Placed<'_>> {
+        let mut seen = std::collections::HashSet::new();
+        self.ranges
+            .iter()
+            .filter(|(_, e)| seen.insert(Arc::as_ptr(&e.device) as *const () as usize))
+            .map(|(b, e)| (self.names[e.index].clone(), *b, &e.device))
+            .collect()
+    }
+
+    /// The state of every device on the bus that has one.
+    pub fn save(&self) -> Result<Vec<SavedDevice>, BusStateError> {
+        let mut out = Vec::new();
+        for (name, base, d) in self.unique() {
+            match lock(d).save_state() {
+                Ok(Some(state)) => out.push(SavedDevice { name, base, state }),
+                Ok(None) => {}
+                Err(err) => return Err(BusStateError::Device { name, base, err }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restore every device from `saved`, which must hold exactly the
+    /// devices with state on this bus.
+    pub fn restore(&self, saved: &[SavedDevice]) -> Result<(), BusStateError> {
+        let devices = self.unique();
+        if let Some(s) = saved
+            .iter()
+            .find(|s| !devices.iter().any(|(n, b, _)| *n == s.name && *b == s.base))
+        {
+            return Err(BusStateError::Unknown {
+                name: s.name.clone(),
+                base: s.base,
+            });
+        }
+        for (name, base, d) in devices {
+            let mut dev = lock(d);
+            match saved.iter().find(|s| s.name == name && s.base == base) {
+                Some(s) => dev
+                    .restore_state(&s.state)
+                    .map_err(|err| BusStateError::Device { name, base, err })?,
+                None => match dev.save_state() {
+                    Ok(None) => {}
+                    _ => return Err(BusStateError::Missing { name, base }),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// [`BusDevice::pause`] on every device.
+    pub fn pause(&self, paused: bool) {
+        for (_, _, d) in self.unique() {
+            lock(d).pause(paused);
+        }
     }
 }
 

@@ -161,6 +161,12 @@ pub struct ChannelState {
     command: Option<Vec<String>>,
     /// Bytes waiting to enter the control port's receive FIFO.
     to_guest: VecDeque<u8>,
+    /// The guest's line being written (up to its newline).
+    line: Vec<u8>,
+    /// The line being written is longer than [`MAX_LINE`] (dropped).
+    overlong: bool,
+    /// The guest said `ready` and has not been sent a command since.
+    awaiting: bool,
     /// The guest said `ready` (at least once).
     pub ready_seen: bool,
     /// The status the guest reported, if any.
@@ -212,9 +218,12 @@ impl Channel {
         match Message::decode(line) {
             Some(Message::Ready) => {
                 st.ready_seen = true;
-                if let Some(argv) = st.command.take() {
-                    let bytes = Message::Run(argv).encode();
-                    st.to_guest.extend(bytes);
+                st.awaiting = true;
+                // `--snapshot-on-ready`: the command goes out after the
+                // snapshot (ControlPort::send_command), so the snapshot's
+                // guest still waits for one.
+                if !self.control.guest_ready() {
+                    Self::send_command(&mut st);
                 }
             }
             Some(Message::Exit(n)) => {
@@ -225,6 +234,42 @@ impl Channel {
                 }
             }
             _ => st.bad_lines += 1,
+        }
+    }
+
+    /// Queue the command for a guest that waits for one.
+    fn send_command(st: &mut ChannelState) {
+        if st.awaiting {
+            if let Some(argv) = st.command.take() {
+                st.awaiting = false;
+                st.to_guest.extend(Message::Run(argv).encode());
+            }
+        }
+    }
+
+    /// Take the guest's output bytes: complete lines are handled as
+    /// protocol messages.
+    fn guest_bytes(&self, buf: &[u8]) {
+        let mut lines = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            for &b in buf {
+                if b == b'\n' {
+                    let line = std::mem::take(&mut st.line);
+                    if std::mem::take(&mut st.overlong) {
+                        st.bad_lines += 1;
+                    } else {
+                        lines.push(line);
+                    }
+                } else if st.line.len() < MAX_LINE {
+                    st.line.push(b);
+                } else {
+                    st.overlong = true;
+                }
+            }
+        }
+        for l in lines {
+            self.guest_line(&l);
         }
     }
 
@@ -243,30 +288,14 @@ impl Channel {
     }
 }
 
-/// The control port's output sink: splits the guest's bytes into lines.
+/// The control port's output sink: the guest's bytes go to the channel.
 struct ControlSink {
     channel: Arc<Channel>,
-    line: Vec<u8>,
-    overlong: bool,
 }
 
 impl Write for ControlSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        for &b in buf {
-            if b == b'\n' {
-                if !self.overlong {
-                    self.channel.guest_line(&self.line);
-                } else {
-                    lock(&self.channel.state).bad_lines += 1;
-                }
-                self.line.clear();
-                self.overlong = false;
-            } else if self.line.len() < MAX_LINE {
-                self.line.push(b);
-            } else {
-                self.overlong = true;
-            }
-        }
+        self.channel.guest_bytes(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -286,8 +315,6 @@ impl ControlPort {
     pub fn new(irq: IrqLine, channel: Arc<Channel>) -> Self {
         let sink = ControlSink {
             channel: channel.clone(),
-            line: Vec::new(),
-            overlong: false,
         };
         ControlPort {
             uart: SerialDevice::new(irq, SerialOutput::new(Box::new(sink))),
@@ -307,7 +334,57 @@ impl ControlPort {
     }
 }
 
+impl ControlPort {
+    /// Send the command to a guest that waits for one (after a snapshot
+    /// taken at its `ready`, or after a restore), raising the port's
+    /// receive interrupt.
+    pub fn send_command(&mut self) {
+        Channel::send_command(&mut lock(&self.channel.state));
+        self.feed();
+    }
+}
+
+/// The control port in a snapshot: its UART and the channel's protocol
+/// state (bytes still to go to the guest, the line being written, whether
+/// the guest waits for a command). The command itself is not state: a
+/// restored VM gets the one its `splitvm run --restore` names.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ControlPortState {
+    pub uart: crate::serial::UartState,
+    pub to_guest: Vec<u8>,
+    pub line: Vec<u8>,
+    pub overlong: bool,
+    pub awaiting: bool,
+    pub ready_seen: bool,
+}
+
 impl BusDevice for ControlPort {
+    fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
+        let st = lock(&self.channel.state);
+        Ok(Some(crate::DeviceState::ControlPort(ControlPortState {
+            uart: self.uart.save(),
+            to_guest: st.to_guest.iter().copied().collect(),
+            line: st.line.clone(),
+            overlong: st.overlong,
+            awaiting: st.awaiting,
+            ready_seen: st.ready_seen,
+        })))
+    }
+
+    fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
+        let crate::DeviceState::ControlPort(s) = s else {
+            return Err(crate::StateError::wrong_kind("the control port"));
+        };
+        self.uart.restore(&s.uart)?;
+        let mut st = lock(&self.channel.state);
+        st.to_guest = s.to_guest.iter().copied().collect();
+        st.line = s.line.clone();
+        st.overlong = s.overlong;
+        st.awaiting = s.awaiting;
+        st.ready_seen = s.ready_seen;
+        Ok(())
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         self.uart.read(offset, data);
         self.feed();
@@ -428,8 +505,6 @@ mod tests {
         let ch = Channel::new(control, None);
         let mut sink = ControlSink {
             channel: ch.clone(),
-            line: Vec::new(),
-            overlong: false,
         };
         sink.write_all(&vec![b'x'; MAX_LINE + 10]).unwrap();
         sink.write_all(b"\nready\n").unwrap();

@@ -107,6 +107,10 @@ impl ExitReason {
 pub struct VmControl {
     stopping: AtomicBool,
     reason: Mutex<Option<ExitReason>>,
+    /// `--snapshot-on-ready`: the guest's first "ready" asks for a snapshot.
+    snapshot_on_ready: AtomicBool,
+    /// A snapshot was asked for and not yet taken.
+    snapshot_requested: AtomicBool,
 }
 
 impl VmControl {
@@ -131,6 +135,38 @@ impl VmControl {
 
     pub fn reason(&self) -> Option<ExitReason> {
         lock(&self.reason).clone()
+    }
+
+    /// Take a snapshot when the guest first says it is ready.
+    pub fn snapshot_on_ready(&self) {
+        self.snapshot_on_ready.store(true, Ordering::SeqCst);
+    }
+
+    /// The guest says it is ready (the agent's `ready`, the test devices'
+    /// ready port). Returns true if this starts a snapshot: the caller
+    /// holds back what it would send the guest until the VMM has taken it.
+    pub fn guest_ready(&self) -> bool {
+        let snap = self.snapshot_on_ready.swap(false, Ordering::SeqCst);
+        if snap {
+            self.request_snapshot();
+        }
+        snap
+    }
+
+    /// Ask the supervisor for a snapshot (taken at its next check).
+    pub fn request_snapshot(&self) {
+        self.snapshot_requested.store(true, Ordering::SeqCst);
+    }
+
+    /// A snapshot is asked for and not yet taken (the vCPUs stop at once:
+    /// the one that said "ready" is saved right after that instruction).
+    pub fn snapshot_pending(&self) -> bool {
+        self.snapshot_requested.load(Ordering::SeqCst)
+    }
+
+    /// Whether a snapshot was asked for since the last call.
+    pub fn take_snapshot_request(&self) -> bool {
+        self.snapshot_requested.swap(false, Ordering::SeqCst)
     }
 }
 

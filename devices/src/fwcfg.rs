@@ -43,7 +43,28 @@ impl FwCfg {
     }
 }
 
+/// The selected item and read position in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FwCfgState {
+    pub selected: Vec<u8>,
+    pub pos: usize,
+}
+
 impl BusDevice for FwCfg {
+    fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
+        Ok(Some(crate::DeviceState::FwCfg(FwCfgState {
+            selected: self.selected.clone(),
+            pos: self.pos,
+        })))
+    }
+    fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
+        let crate::DeviceState::FwCfg(s) = s else {
+            return Err(crate::StateError::wrong_kind("fw_cfg"));
+        };
+        self.selected = s.selected.clone();
+        self.pos = s.pos;
+        Ok(())
+    }
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         if offset == 1 {

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 ///
 /// Data: 7:0 vector, 10:8 delivery mode, 14 level (assert), 15 trigger
 /// (1 = level).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct MsiMessage {
     pub address: u64,
     pub data: u32,

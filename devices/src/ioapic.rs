@@ -186,7 +186,47 @@ pub struct IoApic {
     warned: crate::sync::WarnOnce,
 }
 
+/// The I/O APIC's guest-visible state in a snapshot: ID, IOREGSEL, the
+/// writable RTE bits, Remote IRR and the line levels devices drive.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IoApicState {
+    pub id: u8,
+    pub ioregsel: u8,
+    pub rte: [u64; NUM_PINS],
+    pub remote_irr: [bool; NUM_PINS],
+    pub line: [bool; NUM_PINS],
+}
+
 impl IoApic {
+    /// The state a snapshot keeps (statistics are not state).
+    pub fn save(&self) -> IoApicState {
+        IoApicState {
+            id: self.id,
+            ioregsel: self.ioregsel,
+            rte: self.rte,
+            remote_irr: self.remote_irr,
+            line: self.line,
+        }
+    }
+
+    /// Put back a saved state. `installed` is the pin routes KVM has now
+    /// (the restored GSI table): the pins whose route differs from what
+    /// their RTE wants are re-pushed in one batch. Nothing is delivered: an
+    /// interrupt in service (Remote IRR set) ends with the guest's EOI.
+    pub fn restore(
+        &mut self,
+        s: &IoApicState,
+        installed: [Option<MsiMessage>; NUM_PINS],
+    ) -> Result<(), InterruptError> {
+        self.id = s.id & 0x0f;
+        self.ioregsel = s.ioregsel;
+        self.rte = s.rte.map(|r| r & RTE_WRITABLE);
+        self.remote_irr = s.remote_irr;
+        self.line = s.line;
+        self.installed = installed;
+        self.install_routes()
+    }
+
     /// A reset I/O APIC (all entries masked, ID 0). Installs no routes: call
     /// [`IoApic::install_routes`] once KVM's routing table is ready.
     pub fn new(routing: Arc<dyn MsiRouting>) -> IoApic {
@@ -505,6 +545,11 @@ impl IoApic {
 }
 
 impl BusDevice for IoApic {
+    /// The registers belong to the split irqchip's snapshot, not the bus's.
+    fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
+        Ok(None)
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         let val = match self.decode(offset, data.len(), false) {

@@ -36,8 +36,32 @@ impl I8042 {
     }
 }
 
+/// The i8042's command byte and output buffer in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042State {
+    pub command_byte: u8,
+    pub pending: Option<u8>,
+    pub last_cmd: u8,
+}
+
 /// Registered twice: at 0x60 (offset 0 = data) and at 0x64 (offset 4 = command).
 impl BusDevice for I8042 {
+    fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
+        Ok(Some(crate::DeviceState::I8042(I8042State {
+            command_byte: self.command_byte,
+            pending: self.pending,
+            last_cmd: self.last_cmd,
+        })))
+    }
+    fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
+        let crate::DeviceState::I8042(s) = s else {
+            return Err(crate::StateError::wrong_kind("the i8042"));
+        };
+        self.command_byte = s.command_byte;
+        self.pending = s.pending;
+        self.last_cmd = s.last_cmd;
+        Ok(())
+    }
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         let Some(first) = data.first_mut() else {
@@ -88,6 +112,9 @@ pub const QUIET_PORTS: &[(&str, u64, u64)] = &[
 ];
 
 impl BusDevice for QuietPorts {
+    fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
+        Ok(None)
+    }
     fn read(&mut self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }

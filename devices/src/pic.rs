@@ -49,9 +49,9 @@ const ELCR_MASK: [u8; 2] = [0xF8, 0xDE];
 /// Firmware's vector bases (SeaBIOS: 0x08 and 0x70).
 const FIRMWARE_BASE: [u8; 2] = [0x08, 0x70];
 
-/// One 8259A.
-#[derive(Debug, Clone, Default)]
-struct Chip {
+/// One 8259A (its registers are the pair's snapshot state as they are).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Chip {
     /// Line levels as last driven (edge detection).
     last_irr: u8,
     irr: u8,
@@ -212,7 +212,23 @@ impl Default for Pic {
     }
 }
 
+/// The 8259 pair's state in a snapshot: master, slave.
+pub type PicState = [Chip; 2];
+
 impl Pic {
+    /// The registers of both chips (counters are not state).
+    pub fn save(&self) -> PicState {
+        lock(&self.chips).clone()
+    }
+
+    /// Put back saved registers; the INT output follows from them (a
+    /// request pending at the snapshot kicks vCPU 0 again once it runs).
+    pub fn restore(&self, s: &PicState) {
+        let mut c = lock(&self.chips);
+        *c = s.clone();
+        self.update(&mut c);
+    }
+
     /// A pair in firmware's start-up state (see the module docs).
     pub fn new() -> Pic {
         Pic {
@@ -445,6 +461,11 @@ impl Pic {
 pub struct PicPorts(pub Arc<Pic>);
 
 impl BusDevice for PicPorts {
+    /// The registers belong to the split irqchip's snapshot, not the bus's.
+    fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
+        Ok(None)
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         for (i, b) in data.iter_mut().enumerate() {
             let at = offset + i as u64;

@@ -119,14 +119,49 @@ fn to_bcd(v: i64) -> u16 {
     })
 }
 
-/// A clock count that advances only while running (gate high).
-#[derive(Clone, Copy, Default)]
+/// A clock count that advances only while running (gate high). Saved as
+/// its count at the snapshot and whether it runs: the guest's time stands
+/// still between snapshot and restore, and so does the PIT's.
+#[derive(Clone, Copy, Default, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(into = "SavedClock", from = "SavedClock")]
 struct GatedClock {
     acc: i64,
     since: Option<Instant>,
 }
 
+#[derive(Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct SavedClock {
+    count: i64,
+    running: bool,
+}
+
+impl From<GatedClock> for SavedClock {
+    /// Of a clock rebased with [`GatedClock::rebase`] (count up to now).
+    fn from(c: GatedClock) -> Self {
+        SavedClock {
+            count: c.acc,
+            running: c.since.is_some(),
+        }
+    }
+}
+
+impl From<SavedClock> for GatedClock {
+    /// Running from "now"; [`PitState::rebase`] sets the PIT clock's now.
+    fn from(c: SavedClock) -> Self {
+        GatedClock {
+            acc: c.count,
+            since: c.running.then(Instant::now),
+        }
+    }
+}
+
 impl GatedClock {
+    /// The same count from `now` on.
+    fn rebase(&mut self, now: Instant) {
+        self.acc = self.at(now);
+        self.since = self.since.map(|_| now);
+    }
+
     fn at(&self, now: Instant) -> i64 {
         self.acc
             + self
@@ -146,7 +181,7 @@ impl GatedClock {
 
 /// A counting sequence: count `n` is in the counting element from clock
 /// `origin` on (elapsed clocks `e = clk - origin`).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 struct Seq {
     origin: i64,
     n: i64,
@@ -175,6 +210,7 @@ impl Seq {
     }
 }
 
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Counter {
     mode_raw: u8,
     access: u8, // 1 = LSB, 2 = MSB, 3 = LSB then MSB
@@ -438,6 +474,7 @@ impl Counter {
     }
 }
 
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct PitState {
     counters: [Counter; 3],
     port61: u8,
@@ -445,8 +482,21 @@ struct PitState {
     /// Counter 0 clock up to which interrupt events are accounted for.
     irq_seen: i64,
     /// Bumped whenever counter 0 may need a different wakeup.
+    #[serde(skip)]
     generation: u64,
+    /// A snapshot is being taken: no interrupt events are accounted for
+    /// (they are delivered, merged, after it).
+    #[serde(skip)]
+    paused: bool,
 }
+
+/// The PIT's state in a snapshot: every counter (mode, count sequence,
+/// latches, clock count), port 0x61 and the last counter 0 clock whose
+/// interrupt was delivered, so a periodic timer goes on ticking from where
+/// it was, with no tick lost or doubled.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct PitSnapshot(PitState);
 
 impl PitState {
     fn new(now: Instant) -> Self {
@@ -456,6 +506,7 @@ impl PitState {
             refresh: false,
             irq_seen: 0,
             generation: 0,
+            paused: false,
         }
     }
 
@@ -513,6 +564,9 @@ impl PitState {
 
     /// Counter 0 events since the last step, and the next expiry.
     fn timer_step(&mut self, now: Instant) -> (i64, Option<Instant>) {
+        if self.paused {
+            return (0, None);
+        }
         let c = &mut self.counters[0];
         let clk = c.sync(now);
         let from = self.irq_seen;
@@ -666,7 +720,62 @@ fn warn_wide(len: usize) {
     }
 }
 
+impl Pit {
+    /// The state a snapshot keeps, clocks counted up to now.
+    pub fn save(&self) -> PitSnapshot {
+        let mut st = lock(&self.shared.state).clone();
+        let now = self.shared.clock.now();
+        for c in &mut st.counters {
+            c.clock.rebase(now);
+        }
+        PitSnapshot(st)
+    }
+
+    /// Put back a saved state: the clocks go on from their saved counts
+    /// now, and the timer thread recomputes its deadline.
+    pub fn restore(&self, s: &PitSnapshot) {
+        let now = self.shared.clock.now();
+        {
+            let mut st = lock(&self.shared.state);
+            let generation = st.generation + 1;
+            *st = s.0.clone();
+            for c in &mut st.counters {
+                c.clock.since = c.clock.since.map(|_| now);
+            }
+            st.generation = generation;
+        }
+        self.shared.wake.notify_all();
+    }
+
+    fn set_paused(&self, paused: bool) {
+        {
+            let mut st = lock(&self.shared.state);
+            st.paused = paused;
+            st.generation += 1;
+        }
+        self.shared.wake.notify_all();
+    }
+}
+
 impl BusDevice for Pit {
+    fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
+        Ok(Some(crate::DeviceState::Pit(Box::new(Pit::save(self)))))
+    }
+
+    fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
+        match s {
+            crate::DeviceState::Pit(p) => {
+                Pit::restore(self, p);
+                Ok(())
+            }
+            _ => Err(crate::StateError::Mismatch("not a PIT's state".into())),
+        }
+    }
+
+    fn pause(&mut self, paused: bool) {
+        self.set_paused(paused);
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         warn_wide(data.len());
         let mut st = lock(&self.shared.state);
@@ -692,6 +801,11 @@ impl BusDevice for Pit {
 }
 
 impl BusDevice for PitPort61 {
+    /// Saved with the PIT (one state).
+    fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
+        Ok(None)
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0xff);
         if let (0, Some(b)) = (offset, data.first_mut()) {

@@ -16,15 +16,53 @@ pub const COM1_BASE: u64 = 0x3f8;
 pub const COM1_PIN: usize = 4;
 
 /// Serial interrupts are edges on the UART's I/O APIC pin (ISA convention).
-pub struct SerialIrq(pub IrqLine);
+/// Muted while a saved state is put back: an interrupt the UART raised
+/// before the snapshot is in the saved LAPIC already, and raising it again
+/// would deliver it twice.
+pub struct SerialIrq {
+    line: IrqLine,
+    muted: std::cell::Cell<bool>,
+}
+
+impl SerialIrq {
+    pub fn new(line: IrqLine) -> Self {
+        SerialIrq {
+            line,
+            muted: std::cell::Cell::new(false),
+        }
+    }
+}
 
 impl Trigger for SerialIrq {
     type E = io::Error;
     fn trigger(&self) -> io::Result<()> {
-        self.0.pulse();
+        if !self.muted.get() {
+            self.line.pulse();
+        }
         Ok(())
     }
 }
+
+/// The 8250 registers and receive FIFO in a snapshot (vm-superio's
+/// `SerialState`, field for field).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(remote = "vm_superio::serial::SerialState")]
+struct UartStateDef {
+    baud_divisor_low: u8,
+    baud_divisor_high: u8,
+    interrupt_enable: u8,
+    interrupt_identification: u8,
+    line_control: u8,
+    line_status: u8,
+    modem_control: u8,
+    modem_status: u8,
+    scratch: u8,
+    in_buffer: Vec<u8>,
+}
+
+/// A UART's state in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UartState(#[serde(with = "UartStateDef")] pub vm_superio::serial::SerialState);
 
 /// How many console lines [`SerialOutput`] keeps for error reports.
 pub const TAIL_LINES: usize = 25;
@@ -136,8 +174,36 @@ pub struct SerialDevice {
 impl SerialDevice {
     pub fn new(irq: IrqLine, out: SerialOutput) -> Self {
         SerialDevice {
-            serial: Serial::new(SerialIrq(irq), out),
+            serial: Serial::new(SerialIrq::new(irq), out),
         }
+    }
+
+    /// The registers and receive FIFO.
+    pub fn save(&self) -> UartState {
+        UartState(self.serial.state())
+    }
+
+    /// Put back saved registers (and FIFO), raising no interrupt.
+    pub fn restore(&mut self, s: &UartState) -> Result<(), crate::StateError> {
+        if s.0.in_buffer.len() > self.serial.fifo_capacity() + self.serial.state().in_buffer.len() {
+            return Err(crate::StateError::Mismatch(format!(
+                "UART receive FIFO of {} bytes",
+                s.0.in_buffer.len()
+            )));
+        }
+        let line = self.serial.interrupt_evt().line.clone();
+        let placeholder = Serial::new(
+            SerialIrq::new(line.clone()),
+            SerialOutput::new(Box::new(io::sink())),
+        );
+        let out = std::mem::replace(&mut self.serial, placeholder).into_writer();
+        let irq = SerialIrq::new(line);
+        irq.muted.set(true);
+        let serial = Serial::from_state(&s.0, irq, vm_superio::serial::NoEvents, out)
+            .map_err(|e| crate::StateError::Mismatch(format!("UART: {e:?}")))?;
+        serial.interrupt_evt().muted.set(false);
+        self.serial = serial;
+        Ok(())
     }
 
     /// Queue bytes for the guest to read (host stdin).
@@ -147,6 +213,17 @@ impl SerialDevice {
 }
 
 impl BusDevice for SerialDevice {
+    fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
+        Ok(Some(crate::DeviceState::Serial(self.save())))
+    }
+
+    fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
+        match s {
+            crate::DeviceState::Serial(u) => self.restore(u),
+            _ => Err(crate::StateError::Mismatch("not a UART's state".into())),
+        }
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         if data.len() == 1 && offset < 8 {

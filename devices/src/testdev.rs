@@ -19,6 +19,8 @@ pub const TESTDEV_IRQ_LINES: u64 = 24;
 pub const TESTDEV_SCRATCH: u64 = 0xe0;
 pub const MSI_TEST_PORT: u64 = 0x2200;
 pub const MSI_TEST_LEN: u64 = 0x10;
+/// The ready port: a guest write says "ready" (`--snapshot-on-ready`).
+pub const READY_PORT: u64 = 0x2210;
 
 fn le_value(data: &[u8]) -> u64 {
     let mut b = [0u8; 8];
@@ -38,6 +40,9 @@ fn put_le(data: &mut [u8], v: u64) {
 pub struct DebugExit(pub Arc<VmControl>);
 
 impl BusDevice for DebugExit {
+    fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
+        Ok(None)
+    }
     fn read(&mut self, _offset: u64, data: &mut [u8]) {
         data.fill(0xff);
     }
@@ -66,7 +71,11 @@ impl IrqLines {
     }
 }
 
+/// Line levels live in the I/O APIC and the 8259 (the irqchip's state).
 impl BusDevice for IrqLines {
+    fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
+        Ok(None)
+    }
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let level = offset < TESTDEV_IRQ_LINES && lock(&self.ioapic).line_level(offset as usize);
         put_le(data, level as u64);
@@ -88,6 +97,16 @@ impl BusDevice for IrqLines {
 pub struct Scratch(u32);
 
 impl BusDevice for Scratch {
+    fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
+        Ok(Some(crate::DeviceState::Scratch(self.0)))
+    }
+    fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
+        let crate::DeviceState::Scratch(v) = s else {
+            return Err(crate::StateError::wrong_kind("the scratch register"));
+        };
+        self.0 = *v;
+        Ok(())
+    }
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         put_le(data, (self.0 as u64) >> (8 * offset.min(3)));
     }
@@ -99,6 +118,24 @@ impl BusDevice for Scratch {
             }
         }
         self.0 = u32::from_le_bytes(b);
+    }
+}
+
+/// The ready port (1 byte at [`READY_PORT`]): a write of any value tells
+/// splitvm the guest is ready, the micro-guests' form of the agent's
+/// `ready` line; with `--snapshot-on-ready` the first one takes a snapshot
+/// before the vCPU goes on. Reads return all-ones.
+pub struct ReadyPort(pub Arc<VmControl>);
+
+impl BusDevice for ReadyPort {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+    }
+    fn write(&mut self, _offset: u64, _data: &[u8]) {
+        self.0.guest_ready();
+    }
+    fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
+        Ok(None)
     }
 }
 
@@ -129,7 +166,28 @@ impl MsiTestPort {
     }
 }
 
+/// The MSI test port's address and data registers in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MsiTestPortState {
+    pub address: u64,
+    pub data: u32,
+}
+
 impl BusDevice for MsiTestPort {
+    fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
+        Ok(Some(crate::DeviceState::MsiTestPort(MsiTestPortState {
+            address: self.address,
+            data: self.data,
+        })))
+    }
+    fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
+        let crate::DeviceState::MsiTestPort(s) = s else {
+            return Err(crate::StateError::wrong_kind("the MSI test port"));
+        };
+        self.address = s.address;
+        self.data = s.data;
+        Ok(())
+    }
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let v = match offset {
             0 => self.address & 0xffff_ffff,

@@ -352,6 +352,26 @@ impl PciConfiguration {
     }
 
     /// Read configuration dword `reg`; past 0xFF reads all-ones.
+    /// All 64 configuration dwords as they read (a snapshot's copy).
+    pub fn registers(&self) -> Vec<u32> {
+        self.regs.to_vec()
+    }
+
+    /// Put back the writable bits of saved registers; read-only bits keep
+    /// this device's values. No BAR may be in use (the host bridge has none).
+    pub fn set_registers(&mut self, saved: &[u32]) -> Result<(), crate::StateError> {
+        if saved.len() != CONFIG_DWORDS {
+            return Err(crate::StateError::Mismatch(format!(
+                "{} configuration dwords, not {CONFIG_DWORDS}",
+                saved.len()
+            )));
+        }
+        for (i, v) in saved.iter().enumerate() {
+            self.regs[i] = (self.regs[i] & !self.writable[i]) | (v & self.writable[i]);
+        }
+        Ok(())
+    }
+
     pub fn read_reg(&self, reg: usize) -> u32 {
         let Some(&stored) = self.regs.get(reg) else {
             return u32::MAX;

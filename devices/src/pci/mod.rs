@@ -40,8 +40,9 @@ pub use config::{
 pub use msi::MsiConfig;
 pub use msix::{MsixConfig, MsixStats, MsixVector, MSIX_MAX_VECTORS, MSIX_TABLE_ENTRY_SIZE};
 pub use segment::{
-    BarRoute, HostBridge, PciConfigIo, PciEcam, PciMmioWindow, PciSegment, PciStats,
-    HOST_BRIDGE_DEVICE_ID, HOST_BRIDGE_VENDOR_ID, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN,
+    BarRoute, HostBridge, PciConfigIo, PciConfigIoState, PciEcam, PciMmioWindow, PciSegment,
+    PciSegmentState, PciStats, HOST_BRIDGE_DEVICE_ID, HOST_BRIDGE_VENDOR_ID, PCI_CONFIG_IO_BASE,
+    PCI_CONFIG_IO_LEN,
 };
 pub use vector::{VectorReport, VectorStats};
 
@@ -96,4 +97,13 @@ pub trait PciDevice: Send {
     /// BAR `bar` stopped decoding at `old` and/or started decoding at `new`
     /// (reprogrammed, or memory decoding switched in the command register).
     fn bar_moved(&mut self, _bar: usize, _old: Option<u64>, _new: Option<u64>) {}
+    /// The function's configuration registers for a snapshot; by default
+    /// it cannot be snapshotted (BARs, capabilities and the device behind
+    /// them would need more).
+    fn save_config(&self) -> Result<Vec<u32>, crate::StateError> {
+        Err(crate::StateError::Unsupported)
+    }
+    fn restore_config(&mut self, _regs: &[u32]) -> Result<(), crate::StateError> {
+        Err(crate::StateError::Unsupported)
+    }
 }

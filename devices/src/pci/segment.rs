@@ -69,6 +69,26 @@ impl PciDevice for HostBridge {
         data.fill(0xff);
     }
     fn write_bar(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
+    fn save_config(&self) -> Result<Vec<u32>, crate::StateError> {
+        Ok(self.config.registers())
+    }
+    fn restore_config(&mut self, regs: &[u32]) -> Result<(), crate::StateError> {
+        self.config.set_registers(regs)
+    }
+}
+
+/// The PCI segment in a snapshot: each function's configuration registers
+/// by slot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PciSegmentState {
+    pub functions: Vec<(u8, Vec<u32>)>,
+}
+
+/// CONFIG_ADDRESS and the reset control register in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PciConfigIoState {
+    pub address: u32,
+    pub reset_reg: u8,
 }
 
 /// Segment-wide counters.
@@ -547,7 +567,11 @@ impl PciEcam {
     }
 }
 
+/// Config space behind it is saved with the MMIO window.
 impl BusDevice for PciEcam {
+    fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
+        Ok(None)
+    }
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0xff);
         let Some((bus, dev, func, reg)) = Self::decode(offset, data.len()) else {
@@ -628,6 +652,20 @@ impl PciConfigIo {
 }
 
 impl BusDevice for PciConfigIo {
+    fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
+        Ok(Some(crate::DeviceState::PciConfigIo(PciConfigIoState {
+            address: self.address,
+            reset_reg: self.reset_reg,
+        })))
+    }
+    fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
+        let crate::DeviceState::PciConfigIo(s) = s else {
+            return Err(crate::StateError::wrong_kind("the PCI config ports"));
+        };
+        self.address = s.address & 0x80ff_fffc;
+        self.reset_reg = s.reset_reg & 0x0e;
+        Ok(())
+    }
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0xff);
         match (offset, data.len()) {
@@ -686,7 +724,50 @@ pub struct PciMmioWindow {
     segment: Arc<PciSegment>,
 }
 
+/// The segment's functions are saved once, with its MMIO window.
 impl BusDevice for PciMmioWindow {
+    fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
+        let st = lock(&self.segment.state);
+        let mut functions = Vec::new();
+        for (i, slot) in st.slots.iter().enumerate() {
+            if let Some(s) = slot {
+                let regs = lock(&s.device).save_config().map_err(|e| match e {
+                    crate::StateError::Unsupported => crate::StateError::Mismatch(format!(
+                        "PCI device '{}' cannot be snapshotted yet",
+                        s.name
+                    )),
+                    e => e,
+                })?;
+                functions.push((i as u8, regs));
+            }
+        }
+        Ok(Some(crate::DeviceState::PciSegment(PciSegmentState {
+            functions,
+        })))
+    }
+
+    fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
+        let crate::DeviceState::PciSegment(s) = s else {
+            return Err(crate::StateError::wrong_kind("the PCI segment"));
+        };
+        let st = lock(&self.segment.state);
+        let present: Vec<u8> = (0..st.slots.len() as u8)
+            .filter(|i| st.slots[*i as usize].is_some())
+            .collect();
+        let saved: Vec<u8> = s.functions.iter().map(|(i, _)| *i).collect();
+        if present != saved {
+            return Err(crate::StateError::Mismatch(format!(
+                "PCI slots {saved:?} saved, {present:?} present"
+            )));
+        }
+        for (i, regs) in &s.functions {
+            if let Some(slot) = &st.slots[*i as usize] {
+                lock(&slot.device).restore_config(regs)?;
+            }
+        }
+        Ok(())
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let addr = self.segment.start.wrapping_add(offset);
         self.segment.mmio_read(addr, data);

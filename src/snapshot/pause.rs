@@ -1,0 +1,154 @@
+//! Pausing every vCPU at one consistent instant for a snapshot.
+//!
+//! The supervisor asks ([`Pause::pause_all`]) and kicks the vCPU threads;
+//! each one, at the top of its run loop, completes the exit it was
+//! handling (a KVM_RUN with `immediate_exit` set finishes a pending port
+//! or MMIO read without running guest code, so the saved RIP is past the
+//! instruction) and parks. Only when all are parked, so no guest code runs
+//! anywhere and no IPI is in flight, does each save its state
+//! ([`Pause::capture`]); then they wait for [`Pause::resume`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use devices::sync::lock;
+use kvm_ioctls::VcpuFd;
+
+use super::vcpu_state::VcpuState;
+
+#[derive(Default)]
+struct Inner {
+    /// vCPUs parked in this round.
+    parked: usize,
+    /// The supervisor asked the parked vCPUs to save their state.
+    capture: bool,
+    states: Vec<Option<Result<VcpuState, String>>>,
+    /// Bumped by every resume: a parked vCPU waits for it to change.
+    round: u64,
+}
+
+pub struct Pause {
+    requested: AtomicBool,
+    inner: Mutex<Inner>,
+    cond: Condvar,
+    /// MSRs to save (KVM_GET_MSR_INDEX_LIST, read once at start-up).
+    msr_indices: Vec<u32>,
+}
+
+impl Pause {
+    pub fn new(vcpus: usize, msr_indices: Vec<u32>) -> Pause {
+        Pause {
+            requested: AtomicBool::new(false),
+            inner: Mutex::new(Inner {
+                states: (0..vcpus).map(|_| None).collect(),
+                ..Default::default()
+            }),
+            cond: Condvar::new(),
+            msr_indices,
+        }
+    }
+
+    /// A pause is asked for: the vCPU thread calls [`Pause::park`].
+    pub fn requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+
+    /// Ask for a pause from a vCPU thread (a guest's "ready" asked for a
+    /// snapshot): every vCPU parks at its next loop; the supervisor then
+    /// takes the snapshot, or, if the VM is stopping, resumes them.
+    pub fn request(&self) {
+        self.requested.store(true, Ordering::Release);
+    }
+
+    /// vCPU side: complete the current exit, park, save the state when
+    /// asked, and return once the supervisor resumes.
+    pub fn park(&self, vcpu: &mut VcpuFd, id: u32) {
+        vcpu.set_kvm_immediate_exit(1);
+        let _ = vcpu.run();
+        vcpu.set_kvm_immediate_exit(0);
+        let mut g = lock(&self.inner);
+        if !self.requested() {
+            return; // resumed (given up) before this vCPU got here
+        }
+        let round = g.round;
+        g.parked += 1;
+        self.cond.notify_all();
+        while g.round == round && !g.capture {
+            g = self.cond.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        if g.round == round {
+            drop(g);
+            let s = VcpuState::save(vcpu, id, &self.msr_indices);
+            g = lock(&self.inner);
+            if let Some(slot) = g.states.get_mut(id as usize) {
+                *slot = Some(s);
+            }
+            self.cond.notify_all();
+            while g.round == round {
+                g = self.cond.wait(g).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+    }
+
+    /// Supervisor side: ask every vCPU to park and wait until they have
+    /// (`kick` makes them leave KVM_RUN; it is repeated while waiting).
+    /// Fails if `stopping` turns true or they do not park in `timeout`.
+    pub fn pause_all(
+        &self,
+        kick: impl Fn(),
+        stopping: impl Fn() -> bool,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        self.requested.store(true, Ordering::Release);
+        let deadline = Instant::now() + timeout;
+        let mut g = lock(&self.inner);
+        let n = g.states.len();
+        while g.parked < n {
+            if stopping() {
+                drop(g);
+                self.resume();
+                return Err("the VM stopped".into());
+            }
+            if Instant::now() >= deadline {
+                drop(g);
+                self.resume();
+                return Err(format!("the vCPUs did not pause within {timeout:?}"));
+            }
+            kick();
+            g = self
+                .cond
+                .wait_timeout(g, Duration::from_millis(5))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Supervisor side, all parked: every vCPU's state, by vCPU id.
+    pub fn capture(&self) -> Result<Vec<VcpuState>, String> {
+        let mut g = lock(&self.inner);
+        g.capture = true;
+        self.cond.notify_all();
+        while g.states.iter().any(|s| s.is_none()) {
+            g = self.cond.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        g.states
+            .iter_mut()
+            .map(|s| s.take().unwrap_or_else(|| Err("no state".into())))
+            .collect()
+    }
+
+    /// Let every vCPU run again.
+    pub fn resume(&self) {
+        let mut g = lock(&self.inner);
+        self.requested.store(false, Ordering::Release);
+        g.parked = 0;
+        g.capture = false;
+        for s in &mut g.states {
+            *s = None;
+        }
+        g.round += 1;
+        self.cond.notify_all();
+    }
+}
