@@ -274,7 +274,12 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         Some(l) => l.state.machine.kernel_format,
         None => loader::format_of(args)?,
     };
-    let platform = Platform::build(args, format, &vm_fd, &mem, mem_size, &serial_dest)?;
+    // The host-guest channel: for `-- CMD`, or a restored guest that had it.
+    let channel = match &restore {
+        Some(l) => l.state.machine.channel,
+        None => args.command_mode(),
+    };
+    let platform = Platform::build(args, format, channel, &vm_fd, &mem, mem_size, &serial_dest)?;
     let boot = match &restore {
         Some(_) => None,
         None => Some(load_guest(args, &platform, &mem, mem_size, &host_report)?),
@@ -360,6 +365,7 @@ impl Platform {
     fn build(
         args: &RunArgs,
         format: KernelFormat,
+        channel: bool,
         vm_fd: &Arc<kvm_ioctls::VmFd>,
         mem: &vm_memory::GuestMemoryMmap,
         mem_size: u64,
@@ -395,7 +401,7 @@ impl Platform {
             p.control.snapshot_on_ready();
         }
         p.place_legacy(args, out)?;
-        p.channel = p.place_channel(args)?;
+        p.channel = p.place_channel(args, channel)?;
         if args.test_devices {
             p.place_test_devices(args, mem_size)?;
         }
@@ -497,11 +503,12 @@ impl Platform {
 
     /// `-- CMD`: the host-guest channel on COM2-COM4 (devices/src/channel.rs),
     /// each port an interrupt source on its ISA pin (shared as on a PC).
-    fn place_channel(&mut self, args: &RunArgs) -> Result<Option<Arc<Channel>>> {
-        if !args.command_mode() {
+    fn place_channel(&mut self, args: &RunArgs, channel: bool) -> Result<Option<Arc<Channel>>> {
+        if !channel {
             return Ok(None);
         }
-        let ch = Channel::new(self.control.clone(), Some(args.command.clone()));
+        let command = args.command_mode().then(|| args.command.clone());
+        let ch = Channel::new(self.control.clone(), command);
         let stream =
             |irqchip: &SplitIrqChip, out: Box<dyn Write + Send>, stderr: bool, pin: usize| {
                 let sink = CountingSink::new(out, ch.clone(), stderr);
@@ -841,11 +848,18 @@ fn supported_cpuid(kvm: &kvm_ioctls::Kvm) -> Result<kvm_bindings::CpuId> {
 /// run one.
 fn check_restore(l: &snapshot::Loaded, args: &RunArgs) -> Result<()> {
     let dir = l.dir.display();
-    match (l.state.machine.channel, args.command_mode()) {
-        (true, false) => Err(Error::Restore(format!(
+    match (
+        l.state.machine.channel,
+        l.state.awaiting_command(),
+        args.command_mode(),
+    ) {
+        (true, true, false) => Err(Error::Restore(format!(
             "snapshot '{dir}' was taken at the agent's ready: its guest waits for a command; give one after `--`"
         ))),
-        (false, true) => Err(Error::Restore(format!(
+        (true, false, true) => Err(Error::Restore(format!(
+            "snapshot '{dir}' was taken while its guest ran a command; restore it without `-- CMD` (it ends with that command's status)"
+        ))),
+        (false, _, true) => Err(Error::Restore(format!(
             "snapshot '{dir}' has no host-guest channel (it was not taken with `-- CMD`), so it cannot run a command"
         ))),
         _ => Ok(()),
@@ -969,7 +983,7 @@ fn supervise(
             err,
         })?;
     }
-    Ok(if args.command_mode() {
+    Ok(if r.channel.is_some() {
         reason.command_status()
     } else {
         reason.status()

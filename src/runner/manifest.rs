@@ -28,6 +28,9 @@ pub struct Case {
     pub command: Vec<String>,
     pub timeout: f64,
     pub expect: i32,
+    /// Start from this snapshot directory instead of booting
+    /// (docs/snapshot.md); the runner takes it first if it is missing.
+    pub snapshot: Option<PathBuf>,
 }
 
 /// A manifest error: `file:line: message`.
@@ -90,6 +93,7 @@ struct RawCase {
     command: Option<Spanned<RawCommand>>,
     timeout: Option<Spanned<Number>>,
     expect: Option<Spanned<i64>>,
+    snapshot: Option<Spanned<String>>,
 }
 
 /// The longest a case may run.
@@ -221,16 +225,28 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Vec<Case>, ManifestEr
                 c.$f.as_ref().or(defaults.$f.as_ref())
             };
         }
-        let kernel = match pick!(kernel) {
-            Some(k) => ctx.path("kernel", &who, k)?,
-            None => {
+        let snapshot = pick!(snapshot)
+            .map(|s| ctx.path("snapshot", &who, s))
+            .transpose()?;
+        let kernel = match (pick!(kernel), &snapshot) {
+            (Some(k), _) => ctx.path("kernel", &who, k)?,
+            // Restore only: the snapshot must be there already.
+            (None, Some(dir)) if dir.join(crate::snapshot::STATE_FILE).is_file() => PathBuf::new(),
+            (None, Some(dir)) => return ctx.err(
+                pick!(snapshot).expect("checked above").span(),
+                format!(
+                    "{who}key 'snapshot': no snapshot in '{}', and no 'kernel' to take one with",
+                    dir.display()
+                ),
+            ),
+            (None, None) => {
                 return ctx.err(
                     span,
                     format!("{who}no 'kernel' (in the case or in [defaults])"),
                 )
             }
         };
-        if !kernel.is_file() {
+        if pick!(kernel).is_some() && !kernel.is_file() {
             let k = pick!(kernel).expect("checked above");
             return ctx.err(
                 k.span(),
@@ -353,6 +369,12 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Vec<Case>, ManifestEr
         if !add.is_empty() && initrd.is_none() {
             return ctx.err(span, format!("{who}'add' needs an 'initrd' to append to"));
         }
+        if snapshot.is_some() && !disks.is_empty() {
+            return ctx.err(
+                span,
+                format!("{who}'snapshot' and 'disks' together: snapshots of virtio devices are not supported yet"),
+            );
+        }
         let text_of = |key: &str, v: Option<&Spanned<String>>| {
             v.map(|s| ctx.expand(key, &who, s)).transpose()
         };
@@ -370,6 +392,7 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Vec<Case>, ManifestEr
             command,
             timeout,
             expect,
+            snapshot,
         });
     }
     Ok(cases)
@@ -403,6 +426,24 @@ mod tests {
 
     fn err(text: &str) -> String {
         check(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_snapshot_without_a_kernel_must_exist_and_cannot_take_disks() {
+        let e = err("[[case]]\nname = 'a'\nsnapshot = '/nonexistent-snap'\ncommand = 'true'\n");
+        assert!(
+            e.contains("m.toml:3: case 'a': key 'snapshot': no snapshot in '/nonexistent-snap'"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "[defaults]\nkernel = '{KERNEL}'\nsnapshot = '/s'\n[[case]]\nname = 'a'\ndisks = ['/d']\ncommand = 'true'\n"
+        ));
+        assert!(e.contains("'snapshot' and 'disks' together"), "{e}");
+        let cases = check(&format!(
+            "[defaults]\nkernel = '{KERNEL}'\nsnapshot = 'snaps/one'\n[[case]]\nname = 'a'\ncommand = 'true'\n"
+        ))
+        .unwrap();
+        assert_eq!(cases[0].snapshot, Some(PathBuf::from("/snaps/one")));
     }
 
     #[test]

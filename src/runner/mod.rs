@@ -81,6 +81,36 @@ const KILL_GRACE: Duration = Duration::from_secs(30);
 
 /// The `splitvm run` arguments for `case`, writing into `dir`.
 pub fn run_args(case: &Case, dir: &Path, default_cmdline: &str) -> Vec<String> {
+    if let Some(snap) = &case.snapshot {
+        let mut a: Vec<String> = vec!["run".into(), "--restore".into(), snap.display().to_string()];
+        a.extend(report_args(case, dir));
+        a.push("--".into());
+        a.extend(case.command.iter().cloned());
+        return a;
+    }
+    let mut a = boot_args(case, default_cmdline);
+    a.extend(report_args(case, dir));
+    a.push("--".into());
+    a.extend(case.command.iter().cloned());
+    a
+}
+
+/// Timeout, console log, exit report, no progress line.
+fn report_args(case: &Case, dir: &Path) -> Vec<String> {
+    vec![
+        "--timeout".into(),
+        case.timeout.to_string(),
+        "--serial".into(),
+        format!("file:{}", dir.join("console.log").display()),
+        "--stats-json".into(),
+        dir.join("report.json").display().to_string(),
+        "--progress".into(),
+        "never".into(),
+    ]
+}
+
+/// The machine of `case`: kernel, initrd, vCPUs, memory, command line, disks.
+fn boot_args(case: &Case, default_cmdline: &str) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "run".into(),
         "--kernel".into(),
@@ -94,14 +124,6 @@ pub fn run_args(case: &Case, dir: &Path, default_cmdline: &str) -> Vec<String> {
             Transport::Pci => "pci".into(),
             Transport::Mmio => "mmio".into(),
         },
-        "--timeout".into(),
-        case.timeout.to_string(),
-        "--serial".into(),
-        format!("file:{}", dir.join("console.log").display()),
-        "--stats-json".into(),
-        dir.join("report.json").display().to_string(),
-        "--progress".into(),
-        "never".into(),
     ];
     if let Some(i) = &case.initrd {
         a.extend(["--initrd".into(), i.display().to_string()]);
@@ -123,8 +145,6 @@ pub fn run_args(case: &Case, dir: &Path, default_cmdline: &str) -> Vec<String> {
     for d in &case.add {
         a.extend(["--add".into(), d.clone()]);
     }
-    a.push("--".into());
-    a.extend(case.command.iter().cloned());
     a
 }
 
@@ -193,6 +213,67 @@ fn run_case(exe: &Path, case: &Case, out_root: &Path, default_cmdline: &str) -> 
     result(outcome, status, detail)
 }
 
+/// Boot once for each snapshot directory the cases name that holds no
+/// snapshot yet (the first case naming it gives the machine), stopping at
+/// the agent's ready: every case of that directory then starts from it.
+fn take_missing_snapshots(
+    exe: &Path,
+    cases: &[Case],
+    out_root: &Path,
+    default_cmdline: &str,
+) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for c in cases {
+        let Some(dir) = &c.snapshot else { continue };
+        if !seen.insert(dir.clone()) || dir.join(crate::snapshot::STATE_FILE).is_file() {
+            continue;
+        }
+        let log = out_root.join(format!("snapshot-{}.log", seen.len()));
+        let mut a = boot_args(c, default_cmdline);
+        a.extend([
+            "--snapshot-on-ready".into(),
+            dir.display().to_string(),
+            "--timeout".into(),
+            c.timeout.to_string(),
+            "--serial".into(),
+            format!("file:{}", log.display()),
+            "--progress".into(),
+            "never".into(),
+            "--".into(),
+            "true".into(),
+        ]);
+        println!(
+            "splitvm test: taking snapshot {} (one boot, machine of case '{}')",
+            dir.display(),
+            c.name
+        );
+        let t = Instant::now();
+        let out = Command::new(exe)
+            .args(&a)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| format!("cannot start splitvm: {e}"))?;
+        if !out.status.success() || !dir.join(crate::snapshot::STATE_FILE).is_file() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            return Err(format!(
+                "taking snapshot '{}' failed (status {}): {}; console in {}",
+                dir.display(),
+                out.status.code().unwrap_or(-1),
+                err.lines().last().unwrap_or("no message"),
+                log.display()
+            ));
+        }
+        println!(
+            "splitvm test: snapshot {} taken in {:.1} s",
+            dir.display(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
 /// A command line that can be pasted into a shell to rerun a case.
 fn shell_words(exe: &Path, args: &[String]) -> String {
     let q = |s: &str| {
@@ -257,6 +338,7 @@ pub fn run(args: &TestArgs) -> Result<i32, String> {
         _ => std::io::stderr().is_terminal(),
     };
 
+    take_missing_snapshots(&exe, &cases, &args.output, &default_cmdline)?;
     let total = cases.len();
     let started = Instant::now();
     println!(
@@ -509,6 +591,7 @@ mod tests {
             command: vec!["sh".into(), "-c".into(), "exit 3".into()],
             timeout: 9.0,
             expect: 3,
+            snapshot: None,
         };
         let a = run_args(&case, Path::new("/out/a"), "console=ttyS0");
         let dd = a.iter().position(|x| x == "--").unwrap();
@@ -520,6 +603,33 @@ mod tests {
         assert!(a
             .windows(2)
             .any(|w| w == ["--serial", "file:/out/a/console.log"]));
+    }
+
+    #[test]
+    fn a_case_with_a_snapshot_restores_it_instead_of_booting() {
+        let case = Case {
+            name: "a".into(),
+            kernel: "/k".into(),
+            initrd: Some("/i".into()),
+            cpus: 2,
+            memory: "256M".into(),
+            transport: Transport::Pci,
+            cmdline: None,
+            extra_cmdline: None,
+            disks: vec![],
+            add: vec![],
+            command: vec!["true".into()],
+            timeout: 9.0,
+            expect: 0,
+            snapshot: Some("/snap".into()),
+        };
+        let a = run_args(&case, Path::new("/out/a"), "console=ttyS0");
+        assert_eq!(a[..3], ["run", "--restore", "/snap"]);
+        for machine in ["--kernel", "--initrd", "--cpus", "--memory", "--cmdline"] {
+            assert!(!a.iter().any(|x| x == machine), "{machine} in {a:?}");
+        }
+        assert!(a.windows(2).any(|w| w == ["--timeout", "9"]));
+        assert_eq!(a.last().map(String::as_str), Some("true"));
     }
 
     #[test]

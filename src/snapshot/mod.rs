@@ -194,6 +194,15 @@ pub struct VmState {
     pub mmio: Vec<SavedDevice>,
 }
 
+impl VmState {
+    /// The guest's agent said `ready` and waits for a command.
+    pub fn awaiting_command(&self) -> bool {
+        self.pio
+            .iter()
+            .any(|d| matches!(&d.state, devices::DeviceState::ControlPort(c) if c.awaiting))
+    }
+}
+
 /// What writing a snapshot cost.
 #[derive(Debug, Clone, Copy)]
 pub struct Written {
@@ -272,7 +281,7 @@ pub fn write(dir: &Path, mut state: VmState, mem: &GuestMemoryMmap) -> Result<Wr
         crc32fast::hash(&body),
         body.len()
     );
-    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+    let tmp = dir.join(format!("{STATE_FILE}.tmp-{id}"));
     let mut f = File::create(&tmp).map_err(write_err(&tmp))?;
     f.write_all(head.as_bytes())
         .and_then(|_| f.write_all(&body))

@@ -74,7 +74,7 @@ fn cmdline(extra: &str) -> String {
 
 /// Boots run one at a time: two emulated kernels on a 2-core host would
 /// just slow each other down.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+pub static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 pub struct Boot {
     pub status: i32,

@@ -1,0 +1,546 @@
+//! Snapshot and restore (docs/snapshot.md), end to end through the
+//! `splitvm` binary on /dev/kvm:
+//! - the micro-guest `snapshot_mid_test` takes a snapshot at its ready port
+//!   with a level interrupt in flight (Remote IRR set), a masked level pin
+//!   with its line high, the LAPIC timer armed and the PIT periodic; each
+//!   restore must pass the guest's own checks and show, in splitvm's exit
+//!   report (which counts from the restore), exactly the EOI exit the
+//!   in-flight interrupt still owed and no delivery of it;
+//! - every kind of bad snapshot is refused with one line and status 2
+//!   before a vCPU exists;
+//! - the project's Linux guest, snapshotted at its agent's ready (1 and 2
+//!   vCPUs, the first taken by `splitvm test` from a manifest), is restored
+//!   20 times in a row, each run a different command returning its status;
+//!   a snapshot taken by SIGUSR1 in the middle of a command finishes that
+//!   command when restored.
+//!
+//! No /dev/kvm is a failure, not a skip: CI has KVM.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn splitvm() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_splitvm"));
+    c.stdin(Stdio::null());
+    c
+}
+
+fn micro_guest(name: &str) -> PathBuf {
+    Path::new(env!("SPLITVM_MICRO_GUESTS_DIR")).join(format!("{name}.elf"))
+}
+
+/// A fresh directory under the system temp dir.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("splitvm-snap-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn context(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
+        o.status.code(),
+        text(&o.stdout),
+        text(&o.stderr)
+    )
+}
+
+fn json(path: &Path) -> Value {
+    let s = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&s).unwrap()
+}
+
+fn num(v: &Value, path: &[&str]) -> u64 {
+    let mut v = v;
+    for k in path {
+        v = &v[*k];
+    }
+    v.as_u64().unwrap_or(0)
+}
+
+/// `ioapic_pins[pin == n].field`, 0 when absent.
+fn pin(report: &Value, n: u64, field: &str) -> u64 {
+    report["ioapic_pins"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["pin"].as_u64() == Some(n))
+        .map_or(0, |p| p[field].as_u64().unwrap_or(0))
+}
+
+/// "count: vector V taken N" from a micro-guest's console.
+fn guest_count(serial: &str, vector: u8) -> u64 {
+    let prefix = format!("count: vector {vector} taken ");
+    serial
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix(prefix.as_str()))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no '{prefix}N' line in:\n{serial}"))
+}
+
+/// Boot `snapshot_mid_test` with `cpus` vCPUs, snapshot at its ready port,
+/// then restore it `restores` times; every run must pass.
+fn mid_test_snapshot_and_restores(cpus: u32, restores: usize) {
+    let dir = scratch(&format!("mid-{cpus}"));
+    let snap = dir.join("snap");
+    let serial = dir.join("boot.txt");
+    let o = splitvm()
+        .args(["run", "--kernel"])
+        .arg(micro_guest("snapshot_mid_test"))
+        .args(["--test-devices", "--cpus", &cpus.to_string()])
+        .arg("--snapshot-on-ready")
+        .arg(&snap)
+        .arg("--serial")
+        .arg(format!("file:{}", serial.display()))
+        .output()
+        .unwrap();
+    let console = fs::read_to_string(&serial).unwrap_or_default();
+    assert_eq!(o.status.code(), Some(1), "{}\n{console}", context(&o));
+    assert!(console.contains("PASS"), "{console}");
+    assert!(snap.join("state.json").is_file(), "no snapshot written");
+
+    for i in 0..restores {
+        let serial = dir.join(format!("restore-{i}.txt"));
+        let report = dir.join(format!("restore-{i}.json"));
+        let o = splitvm()
+            .args(["run", "--restore"])
+            .arg(&snap)
+            .arg("--serial")
+            .arg(format!("file:{}", serial.display()))
+            .arg("--stats-json")
+            .arg(&report)
+            .output()
+            .unwrap();
+        let console = fs::read_to_string(&serial).unwrap_or_default();
+        let why = format!("restore {i}: {}\n--- console ---\n{console}", context(&o));
+        assert_eq!(o.status.code(), Some(1), "{why}");
+        assert!(console.contains("PASS"), "{why}");
+        assert!(
+            !console.lines().any(|l| l.trim_end() == "snapshot point"),
+            "a restored guest starts after the snapshot point: {why}"
+        );
+        let r = json(&report);
+        assert_eq!(r["exit_reason"], "debug-exit", "{why}");
+        assert_eq!(r["vcpus"].as_array().map(Vec::len), Some(cpus as usize));
+        // The level interrupt in flight (pin 11, vector 0x41): it was
+        // raised and delivered before the snapshot, so not here; its EOI
+        // happens here, exactly once (the guest lowered the line first).
+        assert_eq!(pin(&r, 11, "raised"), 0, "pin 11 raised: {why}");
+        assert_eq!(pin(&r, 11, "delivered"), 0, "pin 11 delivered: {why}");
+        assert_eq!(pin(&r, 11, "eoi"), 1, "pin 11 EOI: {why}");
+        assert_eq!(num(&r, &["eoi_exits_per_vector", "65"]), 1, "{why}");
+        assert_eq!(guest_count(&console, 0x41), 1, "{why}");
+        // The masked pin whose line stayed high: delivered on unmask.
+        assert!(pin(&r, 12, "delivered") >= 1, "pin 12 delivered: {why}");
+        assert_eq!(pin(&r, 12, "raised"), 0, "pin 12 raised: {why}");
+        assert_eq!(pin(&r, 12, "eoi"), pin(&r, 12, "delivered"), "{why}");
+        // The periodic PIT: at least the 15 ticks the guest waited for.
+        assert!(pin(&r, 2, "delivered") >= 15, "PIT ticks: {why}");
+        assert_eq!(guest_count(&console, 0x60), 1, "LAPIC timer: {why}");
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_micro_guest_snapshot_with_interrupts_in_flight_restores_with_nothing_lost_or_doubled() {
+    mid_test_snapshot_and_restores(1, 3);
+}
+
+#[test]
+fn a_two_vcpu_micro_guest_snapshot_restores() {
+    mid_test_snapshot_and_restores(2, 2);
+}
+
+/// A valid snapshot of the micro-guest to damage, taken once.
+fn good_snapshot() -> &'static PathBuf {
+    static S: OnceLock<PathBuf> = OnceLock::new();
+    S.get_or_init(|| {
+        let dir = scratch("good").join("snap");
+        let o = splitvm()
+            .args(["run", "--kernel"])
+            .arg(micro_guest("snapshot_mid_test"))
+            .args(["--test-devices", "--serial", "none", "--snapshot-on-ready"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{}", context(&o));
+        dir
+    })
+}
+
+/// A copy of the good snapshot in a new directory.
+fn copy_of_good(name: &str) -> PathBuf {
+    let dst = scratch(name);
+    for e in fs::read_dir(good_snapshot()).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    dst
+}
+
+/// The state file's JSON body, edited by `f`, written back with a header
+/// whose length and CRC-32 match (a well-formed snapshot that lies).
+fn rewrite_state(dir: &Path, f: impl FnOnce(&mut Value)) {
+    let raw = fs::read(dir.join("state.json")).unwrap();
+    let nl = raw.iter().position(|&b| b == b'\n').unwrap();
+    let mut v: Value = serde_json::from_slice(&raw[nl + 1..]).unwrap();
+    f(&mut v);
+    let body = serde_json::to_vec(&v).unwrap();
+    let head = format!(
+        "splitvm-snapshot 1 crc32={:08x} bytes={}\n",
+        crc32fast::hash(&body),
+        body.len()
+    );
+    fs::write(dir.join("state.json"), [head.as_bytes(), &body].concat()).unwrap();
+}
+
+/// Restore `dir`: status 2, one stderr line containing `want`, quickly.
+fn refused(dir: &Path, want: &str) -> String {
+    let t = Instant::now();
+    let o = splitvm()
+        .args(["run", "--restore"])
+        .arg(dir)
+        .args(["--serial", "none"])
+        .output()
+        .unwrap();
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{}", context(&o));
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("splitvm: "), "{err}");
+    assert!(err.contains(want), "'{want}' not in: {err}");
+    assert!(
+        text(&o.stdout).is_empty(),
+        "no guest output: {}",
+        context(&o)
+    );
+    assert!(t.elapsed() < Duration::from_secs(10));
+    eprintln!("refused as expected: {}", err.trim_end());
+    err
+}
+
+#[test]
+fn bad_snapshots_are_refused_with_one_line_before_any_vcpu_runs() {
+    // Truncated state.
+    let d = copy_of_good("truncated");
+    let raw = fs::read(d.join("state.json")).unwrap();
+    fs::write(d.join("state.json"), &raw[..raw.len() / 2]).unwrap();
+    refused(&d, "is truncated");
+
+    // One byte flipped in the body.
+    let d = copy_of_good("corrupted");
+    let mut raw = fs::read(d.join("state.json")).unwrap();
+    let i = raw.len() - 100;
+    raw[i] ^= 0x01;
+    fs::write(d.join("state.json"), &raw).unwrap();
+    refused(&d, "is corrupted");
+
+    // Another splitvm's snapshot, and another format.
+    let d = copy_of_good("version");
+    rewrite_state(&d, |v| v["splitvm_version"] = "0.0.0-elsewhere".into());
+    refused(&d, "was written by splitvm 0.0.0-elsewhere");
+    let d = copy_of_good("format");
+    let raw = fs::read(d.join("state.json")).unwrap();
+    let body = &raw[raw.iter().position(|&b| b == b'\n').unwrap()..];
+    fs::write(
+        d.join("state.json"),
+        [b"splitvm-snapshot 2 crc32=0 bytes=0".as_slice(), body].concat(),
+    )
+    .unwrap();
+    refused(&d, "has format 2");
+
+    // Taken on another CPU.
+    let d = copy_of_good("cpu");
+    rewrite_state(&d, |v| {
+        v["host"]["cpu"] = "GenuineIntel family 6 model 143 stepping 8".into()
+    });
+    refused(&d, "was taken on another CPU");
+
+    // A memory file that does not match the guest's memory size.
+    let d = copy_of_good("memory");
+    let mem = fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("memory-")
+        })
+        .unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&mem)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    refused(&d, "is 67108864 bytes, the snapshot's guest has 134217728");
+
+    // No snapshot at all, and something else.
+    refused(&scratch("empty"), "cannot read snapshot");
+    let d = scratch("other");
+    fs::write(d.join("state.json"), "{\"hello\": 1}\n").unwrap();
+    refused(&d, "is not a splitvm snapshot");
+
+    // A micro-guest snapshot has no channel: no command to run.
+    let o = splitvm()
+        .args(["run", "--restore"])
+        .arg(good_snapshot())
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    let err = text(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("has no host-guest channel"), "{err}");
+    assert_ne!(o.status.code(), Some(0));
+}
+
+#[test]
+fn restore_conflicts_with_options_that_shape_the_machine() {
+    let o = splitvm()
+        .args(["run", "--restore", "/nonexistent", "--kernel", "/bin/true"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--kernel"), "{err}");
+}
+
+// ---- the project's Linux guest ----------------------------------------
+
+/// A snapshot of the Linux guest at its agent's ready with `cpus` vCPUs,
+/// taken once per test binary. The 1-vCPU one is taken by `splitvm test`
+/// itself from a manifest naming a snapshot directory that does not exist
+/// yet (one boot), which then runs that manifest's case from it.
+fn linux_snapshot(cpus: u32) -> PathBuf {
+    static ONE: OnceLock<PathBuf> = OnceLock::new();
+    static TWO: OnceLock<PathBuf> = OnceLock::new();
+    let cell = if cpus == 1 { &ONE } else { &TWO };
+    cell.get_or_init(|| {
+        let (kernel, initrd) = common::guest();
+        let dir = scratch(&format!("linux-{cpus}"));
+        let snap = dir.join("snap");
+        let _one = common::ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let t = Instant::now();
+        if cpus == 1 {
+            let manifest = dir.join("m.toml");
+            fs::write(
+                &manifest,
+                format!(
+                    "[defaults]\nkernel = '{}'\ninitrd = '{}'\nsnapshot = 'snap'\ntimeout = 600\n\n[[case]]\nname = 'first'\ncommand = 'echo first; exit 5'\nexpect = 5\n",
+                    kernel.display(),
+                    initrd.display()
+                ),
+            )
+            .unwrap();
+            let o = splitvm()
+                .arg("test")
+                .arg(&manifest)
+                .arg("--output")
+                .arg(dir.join("out"))
+                .output()
+                .unwrap();
+            let out = text(&o.stdout);
+            assert_eq!(o.status.code(), Some(0), "{}", context(&o));
+            assert!(out.contains("taking snapshot"), "{out}");
+            assert!(out.contains("1 pass"), "{out}");
+            let first = fs::read_to_string(dir.join("out/first/stdout")).unwrap();
+            assert_eq!(first, "first\n");
+        } else {
+            let o = common::output_retrying_timeout(|| {
+                let mut c = common::guest_command(
+                    &[
+                        "--cpus".into(),
+                        cpus.to_string(),
+                        "--snapshot-on-ready".into(),
+                        snap.display().to_string(),
+                    ],
+                    &["sh", "-c", "echo booted"],
+                );
+                c.stdin(Stdio::null());
+                c
+            });
+            assert_eq!(o.status.code(), Some(0), "{}", context(&o));
+            assert_eq!(text(&o.stdout), "booted\n");
+        }
+        assert!(snap.join("state.json").is_file());
+        eprintln!(
+            "[snapshot] Linux guest, {cpus} vCPU(s): booted and snapshotted in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        snap
+    })
+    .clone()
+}
+
+/// Restore `snap` and run `argv`; returns (status, stdout, report).
+fn restore_run(snap: &Path, report: &Path, argv: &[&str]) -> (i32, String, Value, Output) {
+    let o = splitvm()
+        .args(["run", "--restore"])
+        .arg(snap)
+        .args(["--timeout", "300", "--stats-json"])
+        .arg(report)
+        .arg("--")
+        .args(argv)
+        .output()
+        .unwrap();
+    let r = fs::read_to_string(report)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(Value::Null);
+    (o.status.code().unwrap_or(-1), text(&o.stdout), r, o)
+}
+
+fn restore_twenty_times(cpus: u32) {
+    let snap = linux_snapshot(cpus);
+    let dir = scratch(&format!("runs-{cpus}"));
+    let t = Instant::now();
+    for i in 0..20u32 {
+        let status = (i * 7 + cpus) % 11;
+        let cmd =
+            format!("echo run {i} on $(grep -c ^processor /proc/cpuinfo) cpus; exit {status}");
+        let (code, out, r, o) =
+            restore_run(&snap, &dir.join(format!("r{i}.json")), &["sh", "-c", &cmd]);
+        let why = context(&o);
+        assert_eq!(code, status as i32, "restore {i}: {why}");
+        assert_eq!(
+            out,
+            format!("run {i} on {cpus} cpus\n"),
+            "restore {i}: {why}"
+        );
+        assert_eq!(r["exit_reason"], "command-exit", "{why}");
+        // Counted from the restore: a command's worth of exits, not a boot's.
+        let io = num(&r, &["exits", "io"]);
+        assert!(io > 0 && io < 20_000, "io exits {io}: {why}");
+    }
+    eprintln!(
+        "[snapshot] 20 restores + commands, {cpus} vCPU(s): {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn linux_snapshot_at_ready_restores_twenty_times_with_one_vcpu() {
+    restore_twenty_times(1);
+}
+
+#[test]
+fn linux_snapshot_at_ready_restores_twenty_times_with_two_vcpus() {
+    restore_twenty_times(2);
+}
+
+#[test]
+fn a_manifest_runs_its_cases_from_a_snapshot() {
+    let snap = linux_snapshot(1);
+    let dir = scratch("manifest");
+    let manifest = dir.join("m.toml");
+    fs::write(
+        &manifest,
+        format!(
+            "[defaults]\nsnapshot = '{}'\ntimeout = 300\n\n[[case]]\nname = 'ok'\ncommand = 'true'\n\n[[case]]\nname = 'three'\ncommand = 'exit 3'\nexpect = 3\n\n[[case]]\nname = 'argv'\ncommand = ['echo', 'a b']\n",
+            snap.display()
+        ),
+    )
+    .unwrap();
+    let o = splitvm()
+        .arg("test")
+        .arg(&manifest)
+        .arg("--output")
+        .arg(dir.join("out"))
+        .output()
+        .unwrap();
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{}", context(&o));
+    assert!(!out.contains("taking snapshot"), "it exists: {out}");
+    assert!(out.contains("3 pass"), "{out}");
+    assert_eq!(
+        fs::read_to_string(dir.join("out/argv/stdout")).unwrap(),
+        "a b\n"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_snapshot_taken_by_signal_mid_command_finishes_that_command_when_restored() {
+    let snap = linux_snapshot(1);
+    let dir = scratch("signal");
+    let sig_snap = dir.join("mid");
+    let mut child = splitvm()
+        .args(["run", "--restore"])
+        .arg(&snap)
+        .arg("--snapshot-on-signal")
+        .arg(&sig_snap)
+        .args(["--timeout", "300", "--"])
+        .args(["sh", "-c", "echo start; sleep 4; echo slept; exit 4"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the command to start, then snapshot it while it sleeps.
+    let mut stdout = child.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut b = [0u8; 256];
+            while let Ok(n) = stdout.read(&mut b) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().unwrap().push_str(&text(&b[..n]));
+            }
+        })
+    };
+    let t = Instant::now();
+    while !seen.lock().unwrap().contains("start") && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill with a valid pid and signal.
+    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    let o = child.wait_with_output().unwrap();
+    reader.join().unwrap();
+    assert_eq!(o.status.code(), Some(4), "{}", context(&o));
+    assert_eq!(*seen.lock().unwrap(), "start\nslept\n");
+    assert!(sig_snap.join("state.json").is_file(), "{}", context(&o));
+    eprintln!("[snapshot] by signal after {:?}", t.elapsed());
+
+    // The command is not run again: only its end is left.
+    let o = splitvm()
+        .args(["run", "--restore"])
+        .arg(&sig_snap)
+        .args(["--timeout", "300", "--serial", "none"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4), "{}", context(&o));
+    assert_eq!(text(&o.stdout), "slept\n", "{}", context(&o));
+    // And it takes no new command.
+    let o = splitvm()
+        .args(["run", "--restore"])
+        .arg(&sig_snap)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&o.stderr).contains("restore it without `-- CMD`"),
+        "{}",
+        context(&o)
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
