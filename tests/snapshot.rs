@@ -288,7 +288,7 @@ fn bad_snapshots_are_refused_with_one_line_before_any_vcpu_runs() {
     refused(&d, "is 67108864 bytes, the snapshot's guest has 134217728");
 
     // No snapshot at all, and something else.
-    refused(&scratch("empty"), "cannot read snapshot");
+    refused(&scratch("empty"), "no snapshot in");
     let d = scratch("other");
     fs::write(d.join("state.json"), "{\"hello\": 1}\n").unwrap();
     refused(&d, "is not a splitvm snapshot");
@@ -362,10 +362,13 @@ fn linux_snapshot(cpus: u32) -> PathBuf {
             assert_eq!(first, "first\n");
         } else {
             let o = common::output_retrying_timeout(|| {
+                // isolcpus=1: the open 2-vCPU host limit (docs/host-limits.md).
                 let mut c = common::guest_command(
                     &[
                         "--cpus".into(),
                         cpus.to_string(),
+                        "--cmdline".into(),
+                        common::cmdline("isolcpus=1"),
                         "--snapshot-on-ready".into(),
                         snap.display().to_string(),
                     ],
@@ -388,16 +391,19 @@ fn linux_snapshot(cpus: u32) -> PathBuf {
 }
 
 /// Restore `snap` and run `argv`; returns (status, stdout, report).
+/// (A run that timed out is retried once, loudly: the open idle-guest
+/// problem of docs/host-limits.md.)
 fn restore_run(snap: &Path, report: &Path, argv: &[&str]) -> (i32, String, Value, Output) {
-    let o = splitvm()
-        .args(["run", "--restore"])
-        .arg(snap)
-        .args(["--timeout", "300", "--stats-json"])
-        .arg(report)
-        .arg("--")
-        .args(argv)
-        .output()
-        .unwrap();
+    let o = common::output_retrying_timeout(|| {
+        let mut c = splitvm();
+        c.args(["run", "--restore"])
+            .arg(snap)
+            .args(["--timeout", "120", "--stats-json"])
+            .arg(report)
+            .arg("--")
+            .args(argv);
+        c
+    });
     let r = fs::read_to_string(report)
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())

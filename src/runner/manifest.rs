@@ -232,13 +232,15 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Vec<Case>, ManifestEr
             (Some(k), _) => ctx.path("kernel", &who, k)?,
             // Restore only: the snapshot must be there already.
             (None, Some(dir)) if dir.join(crate::snapshot::STATE_FILE).is_file() => PathBuf::new(),
-            (None, Some(dir)) => return ctx.err(
-                pick!(snapshot).expect("checked above").span(),
-                format!(
+            (None, Some(dir)) => {
+                return ctx.err(
+                    pick!(snapshot).expect("checked above").span(),
+                    format!(
                     "{who}key 'snapshot': no snapshot in '{}', and no 'kernel' to take one with",
                     dir.display()
                 ),
-            ),
+                )
+            }
             (None, None) => {
                 return ctx.err(
                     span,

@@ -49,6 +49,8 @@ const PAGE: usize = 4096;
 pub enum SnapshotError {
     #[error("cannot read snapshot '{path}': {err}")]
     Read { path: PathBuf, err: std::io::Error },
+    #[error("no snapshot in '{0}' (it has no {STATE_FILE})")]
+    Missing(PathBuf),
     #[error("'{0}' is not a splitvm snapshot (its state file has no '{MAGIC}' header)")]
     NotSnapshot(PathBuf),
     #[error("snapshot '{path}' has format {found}; this splitvm reads format {FORMAT} only (take the snapshot again)")]
@@ -306,7 +308,10 @@ fn read_state_file(dir: &Path) -> Result<VmState> {
     let mut raw = Vec::new();
     File::open(&path)
         .and_then(|mut f| f.read_to_end(&mut raw))
-        .map_err(|err| SnapshotError::Read { path: snap(), err })?;
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::NotFound => SnapshotError::Missing(snap()),
+            _ => SnapshotError::Read { path: snap(), err },
+        })?;
     let nl = raw.iter().position(|&b| b == b'\n').unwrap_or(raw.len());
     let head = String::from_utf8_lossy(&raw[..nl.min(200)]).to_string();
     let mut words = head.split(' ');

@@ -64,7 +64,7 @@ pub fn acpi_kernel() -> &'static PathBuf {
     })
 }
 
-fn cmdline(extra: &str) -> String {
+pub fn cmdline(extra: &str) -> String {
     let out = Command::new(repo().join("scripts/guest-cmdline.sh"))
         .arg(extra)
         .output()

@@ -38,7 +38,9 @@ pub use config::{
     COMMAND_INTX_DISABLE, COMMAND_IO, COMMAND_MEMORY, NUM_BARS, STATUS_CAP_LIST,
 };
 pub use msi::MsiConfig;
-pub use msix::{MsixConfig, MsixStats, MsixVector, MSIX_MAX_VECTORS, MSIX_TABLE_ENTRY_SIZE};
+pub use msix::{
+    MsixConfig, MsixSnapshot, MsixStats, MsixVector, MSIX_MAX_VECTORS, MSIX_TABLE_ENTRY_SIZE,
+};
 pub use segment::{
     BarRoute, HostBridge, PciConfigIo, PciConfigIoState, PciEcam, PciMmioWindow, PciSegment,
     PciSegmentState, PciStats, HOST_BRIDGE_DEVICE_ID, HOST_BRIDGE_VENDOR_ID, PCI_CONFIG_IO_BASE,
