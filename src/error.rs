@@ -53,7 +53,7 @@ pub enum Error {
     #[error("cannot set up {what}: {msg}")]
     Setup { what: &'static str, msg: String },
     #[error(transparent)]
-    Snapshot(#[from] crate::snapshot::SnapshotError),
+    Snapshot(#[from] SnapshotError),
     #[error("{0}")]
     Restore(String),
     #[error("cannot write {what} '{path}': {err}")]
@@ -62,6 +62,57 @@ pub enum Error {
         path: PathBuf,
         err: std::io::Error,
     },
+}
+
+/// What a snapshot cannot be taken or restored for, each one line
+/// (docs/snapshot.md lists them).
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("cannot read snapshot '{path}': {err}")]
+    Read { path: PathBuf, err: std::io::Error },
+    #[error("no snapshot in '{0}' (it has no state.json)")]
+    Missing(PathBuf),
+    #[error("'{0}' is not a splitvm snapshot (its state file has no 'splitvm-snapshot' header)")]
+    NotSnapshot(PathBuf),
+    #[error("snapshot '{path}' has format {found}; this splitvm reads format {ours} only (take the snapshot again)")]
+    Format {
+        path: PathBuf,
+        found: String,
+        ours: u32,
+    },
+    #[error("snapshot '{path}' is truncated: its state has {got} of {want} bytes")]
+    Truncated {
+        path: PathBuf,
+        got: usize,
+        want: usize,
+    },
+    #[error("snapshot '{path}' is corrupted: its state's CRC-32 is {got:08x}, the header says {want:08x}")]
+    Checksum { path: PathBuf, got: u32, want: u32 },
+    #[error("snapshot '{path}' is corrupted: {msg}")]
+    Decode { path: PathBuf, msg: String },
+    #[error("snapshot '{path}' was written by splitvm {theirs}; this is splitvm {ours}, which restores only its own snapshots")]
+    Version {
+        path: PathBuf,
+        theirs: String,
+        ours: String,
+    },
+    #[error("snapshot '{path}' was taken on another CPU or KVM ({theirs}); this host is {ours}")]
+    ForeignCpu {
+        path: PathBuf,
+        theirs: String,
+        ours: String,
+    },
+    #[error("snapshot '{path}': its memory file '{file}' is {got} bytes, the snapshot's guest has {want}")]
+    MemorySize {
+        path: PathBuf,
+        file: String,
+        got: u64,
+        want: u64,
+    },
+    #[error("cannot map snapshot memory '{path}': {msg}")]
+    Map { path: PathBuf, msg: String },
+    #[error("cannot write snapshot '{path}': {err}")]
+    Write { path: PathBuf, err: std::io::Error },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -105,18 +105,19 @@ pub struct AcpiPmState {
 
 impl BusDevice for AcpiPm {
     fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
-        Ok(Some(crate::DeviceState::AcpiPm(AcpiPmState {
-            status: self.status,
-            enable: self.enable,
-            cnt: self.cnt,
-            timer_ns: self.start.elapsed().as_nanos() as u64,
-        })))
+        Ok(Some(crate::DeviceState::of(
+            "acpi_pm",
+            &AcpiPmState {
+                status: self.status,
+                enable: self.enable,
+                cnt: self.cnt,
+                timer_ns: self.start.elapsed().as_nanos() as u64,
+            },
+        )?))
     }
 
     fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
-        let crate::DeviceState::AcpiPm(s) = s else {
-            return Err(crate::StateError::wrong_kind("the ACPI PM block"));
-        };
+        let s: AcpiPmState = s.get("acpi_pm")?;
         self.status = s.status;
         self.enable = s.enable;
         self.cnt = s.cnt;

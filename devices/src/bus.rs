@@ -268,6 +268,72 @@ mod tests {
         assert_eq!(d[0], 4);
     }
 
+    struct Saved(u32);
+    impl BusDevice for Saved {
+        fn read(&mut self, _offset: u64, _data: &mut [u8]) {}
+        fn write(&mut self, _offset: u64, data: &[u8]) {
+            self.0 = data[0].into();
+        }
+        fn save_state(&self) -> Result<Option<DeviceState>, StateError> {
+            Ok(Some(DeviceState::of("saved", &self.0)?))
+        }
+        fn restore_state(&mut self, s: &DeviceState) -> Result<(), StateError> {
+            self.0 = s.get("saved")?;
+            Ok(())
+        }
+    }
+
+    fn saved_bus(v: u8) -> Bus {
+        let mut bus = Bus::new();
+        let d = Arc::new(Mutex::new(Saved(0)));
+        bus.insert("s", 0x10, 1, d.clone()).unwrap();
+        bus.insert("s", 0x20, 1, d).unwrap();
+        bus.write(0x10, &[v]);
+        bus
+    }
+
+    #[test]
+    fn a_device_at_two_ranges_is_saved_once_and_restored() {
+        let saved = saved_bus(7).save().unwrap();
+        assert_eq!(saved.len(), 1);
+        assert_eq!((saved[0].name.as_str(), saved[0].base), ("s", 0x10));
+        let bus = saved_bus(0);
+        bus.restore(&saved).unwrap();
+        assert_eq!(bus.save().unwrap()[0].state, saved[0].state);
+    }
+
+    #[test]
+    fn a_device_without_snapshot_support_fails_the_save_with_its_name() {
+        let mut bus = saved_bus(1);
+        bus.insert("reg", 0x100, 8, Arc::new(Mutex::new(Reg(0))))
+            .unwrap();
+        let e = bus.save().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "device 'reg' at 0x100: this device cannot be snapshotted yet"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_must_name_exactly_the_devices_with_state() {
+        let saved = saved_bus(1).save().unwrap();
+        let empty = Bus::new();
+        assert!(matches!(
+            empty.restore(&saved),
+            Err(BusStateError::Unknown { .. })
+        ));
+        assert!(matches!(
+            saved_bus(1).restore(&[]),
+            Err(BusStateError::Missing { .. })
+        ));
+        let mut wrong = saved.clone();
+        wrong[0].state.kind = "other".into();
+        assert!(matches!(
+            saved_bus(1).restore(&wrong),
+            Err(BusStateError::Device { .. })
+        ));
+    }
+
     #[test]
     fn one_name_registered_twice_shares_an_index() {
         let mut bus = Bus::new();

@@ -361,20 +361,21 @@ pub struct ControlPortState {
 impl BusDevice for ControlPort {
     fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
         let st = lock(&self.channel.state);
-        Ok(Some(crate::DeviceState::ControlPort(ControlPortState {
-            uart: self.uart.save(),
-            to_guest: st.to_guest.iter().copied().collect(),
-            line: st.line.clone(),
-            overlong: st.overlong,
-            awaiting: st.awaiting,
-            ready_seen: st.ready_seen,
-        })))
+        Ok(Some(crate::DeviceState::of(
+            "control_port",
+            &ControlPortState {
+                uart: self.uart.save(),
+                to_guest: st.to_guest.iter().copied().collect(),
+                line: st.line.clone(),
+                overlong: st.overlong,
+                awaiting: st.awaiting,
+                ready_seen: st.ready_seen,
+            },
+        )?))
     }
 
     fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
-        let crate::DeviceState::ControlPort(s) = s else {
-            return Err(crate::StateError::wrong_kind("the control port"));
-        };
+        let s: ControlPortState = s.get("control_port")?;
         self.uart.restore(&s.uart)?;
         let mut st = lock(&self.channel.state);
         st.to_guest = s.to_guest.iter().copied().collect();

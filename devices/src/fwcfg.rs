@@ -52,16 +52,15 @@ pub struct FwCfgState {
 
 impl BusDevice for FwCfg {
     fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
-        Ok(Some(crate::DeviceState::FwCfg(FwCfgState {
+        let s = FwCfgState {
             selected: self.selected.clone(),
             pos: self.pos,
-        })))
+        };
+        Ok(Some(crate::DeviceState::of("fw_cfg", &s)?))
     }
     fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
-        let crate::DeviceState::FwCfg(s) = s else {
-            return Err(crate::StateError::wrong_kind("fw_cfg"));
-        };
-        self.selected = s.selected.clone();
+        let s: FwCfgState = s.get("fw_cfg")?;
+        self.selected = s.selected;
         self.pos = s.pos;
         Ok(())
     }

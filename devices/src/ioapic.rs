@@ -818,6 +818,32 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_level_pin_in_service_delivers_nothing_until_its_eoi_then_redelivers() {
+        let (mut io, _) = setup();
+        program(&mut io, 9, 0x60 | LEVEL, 0);
+        io.set_irq(9, true);
+        let saved = io.save();
+        let routes = std::array::from_fn(|p| io.installed[p]);
+
+        let (mut restored, fake) = setup();
+        let before = fake.signal_count();
+        restored.restore(&saved, routes).unwrap();
+        assert_eq!(fake.signal_count(), before, "restoring delivers nothing");
+        assert!(restored.remote_irr(9) && restored.line_level(9));
+        assert_eq!(
+            restored.rte(9) & 0xffff,
+            (saved.rte[9] | RTE_REMOTE_IRR) & 0xffff
+        );
+        assert_eq!(restored.end_of_interrupt(0x60), 1 << 9);
+        assert_eq!(
+            fake.signal_count(),
+            before + 1,
+            "line still high: delivered again"
+        );
+        assert_eq!(restored.save(), io.save(), "same state as the original");
+    }
+
+    #[test]
     fn level_irq_not_redelivered_after_eoi_when_line_low() {
         let (mut io, fake) = setup();
         program(&mut io, 9, 0x60 | LEVEL, 0);

@@ -47,16 +47,15 @@ pub struct I8042State {
 /// Registered twice: at 0x60 (offset 0 = data) and at 0x64 (offset 4 = command).
 impl BusDevice for I8042 {
     fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
-        Ok(Some(crate::DeviceState::I8042(I8042State {
+        let s = I8042State {
             command_byte: self.command_byte,
             pending: self.pending,
             last_cmd: self.last_cmd,
-        })))
+        };
+        Ok(Some(crate::DeviceState::of("i8042", &s)?))
     }
     fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
-        let crate::DeviceState::I8042(s) = s else {
-            return Err(crate::StateError::wrong_kind("the i8042"));
-        };
+        let s: I8042State = s.get("i8042")?;
         self.command_byte = s.command_byte;
         self.pending = s.pending;
         self.last_cmd = s.last_cmd;

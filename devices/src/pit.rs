@@ -759,17 +759,12 @@ impl Pit {
 
 impl BusDevice for Pit {
     fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
-        Ok(Some(crate::DeviceState::Pit(Box::new(Pit::save(self)))))
+        Ok(Some(crate::DeviceState::of("pit", &Pit::save(self))?))
     }
 
     fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
-        match s {
-            crate::DeviceState::Pit(p) => {
-                Pit::restore(self, p);
-                Ok(())
-            }
-            _ => Err(crate::StateError::Mismatch("not a PIT's state".into())),
-        }
+        Pit::restore(self, &s.get("pit")?);
+        Ok(())
     }
 
     fn pause(&mut self, paused: bool) {
@@ -938,6 +933,40 @@ mod tests {
         r.clock.advance(Duration::from_millis(10));
         // 10 ms = 11931.82 clocks: the first loads the count, 11930 decrement it.
         assert_eq!(r.latched16(0), 50_000 - 11_930);
+    }
+
+    #[test]
+    fn a_restored_periodic_counter_goes_on_from_its_saved_count_without_a_lost_or_doubled_tick() {
+        let mut a = rig();
+        a.program(0, 0x34, 1000); // counter 0, mode 2
+        a.clock.advance_ticks(2500);
+        a.poll();
+        assert_eq!(a.out.count(), 1, "two periods merge into one delivery");
+        let before = a.latched16(0);
+        let saved = a.pit.save();
+        a.pit.set_paused(true);
+        a.clock.advance_ticks(5000);
+        assert!(a.poll().is_none(), "a paused PIT accounts no tick");
+        assert_eq!(a.out.count(), 1);
+
+        // A new PIT, its clock elsewhere in time: the count is where it was.
+        let mut b = rig();
+        b.clock.advance(Duration::from_secs(7));
+        b.pit.restore(&saved);
+        assert_eq!(b.latched16(0), before);
+        b.poll();
+        assert_eq!(
+            b.out.count(),
+            0,
+            "the ticks before the snapshot were delivered there"
+        );
+        b.clock.advance_ticks(498);
+        b.poll();
+        assert_eq!(b.out.count(), 0, "not before the period ends");
+        b.clock.advance_ticks(3);
+        b.poll();
+        assert_eq!(b.out.count(), 1, "the next period ends on time");
+        assert_eq!(b.status(0) & 0x0e, 0x04, "mode 2 kept");
     }
 
     #[test]

@@ -214,14 +214,11 @@ impl SerialDevice {
 
 impl BusDevice for SerialDevice {
     fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
-        Ok(Some(crate::DeviceState::Serial(self.save())))
+        Ok(Some(crate::DeviceState::of("serial", &self.save())?))
     }
 
     fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
-        match s {
-            crate::DeviceState::Serial(u) => self.restore(u),
-            _ => Err(crate::StateError::Mismatch("not a UART's state".into())),
-        }
+        self.restore(&s.get("serial")?)
     }
 
     fn read(&mut self, offset: u64, data: &mut [u8]) {

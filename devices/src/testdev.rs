@@ -98,13 +98,10 @@ pub struct Scratch(u32);
 
 impl BusDevice for Scratch {
     fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
-        Ok(Some(crate::DeviceState::Scratch(self.0)))
+        Ok(Some(crate::DeviceState::of("scratch", &self.0)?))
     }
     fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
-        let crate::DeviceState::Scratch(v) = s else {
-            return Err(crate::StateError::wrong_kind("the scratch register"));
-        };
-        self.0 = *v;
+        self.0 = s.get("scratch")?;
         Ok(())
     }
     fn read(&mut self, offset: u64, data: &mut [u8]) {
@@ -175,15 +172,14 @@ pub struct MsiTestPortState {
 
 impl BusDevice for MsiTestPort {
     fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
-        Ok(Some(crate::DeviceState::MsiTestPort(MsiTestPortState {
+        let s = MsiTestPortState {
             address: self.address,
             data: self.data,
-        })))
+        };
+        Ok(Some(crate::DeviceState::of("msi_test_port", &s)?))
     }
     fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
-        let crate::DeviceState::MsiTestPort(s) = s else {
-            return Err(crate::StateError::wrong_kind("the MSI test port"));
-        };
+        let s: MsiTestPortState = s.get("msi_test_port")?;
         self.address = s.address;
         self.data = s.data;
         Ok(())

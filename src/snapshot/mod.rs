@@ -35,6 +35,7 @@ use vm_memory::{
 use devices::state::SavedDevice;
 
 use crate::cli::KernelFormat;
+pub use crate::error::SnapshotError;
 use crate::irqchip::IrqChipState;
 pub use vcpu_state::VcpuState;
 
@@ -43,52 +44,6 @@ pub const FORMAT: u32 = 1;
 const MAGIC: &str = "splitvm-snapshot";
 pub const STATE_FILE: &str = "state.json";
 const PAGE: usize = 4096;
-
-/// What a snapshot cannot be restored for, each one line.
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    #[error("cannot read snapshot '{path}': {err}")]
-    Read { path: PathBuf, err: std::io::Error },
-    #[error("no snapshot in '{0}' (it has no {STATE_FILE})")]
-    Missing(PathBuf),
-    #[error("'{0}' is not a splitvm snapshot (its state file has no '{MAGIC}' header)")]
-    NotSnapshot(PathBuf),
-    #[error("snapshot '{path}' has format {found}; this splitvm reads format {FORMAT} only (take the snapshot again)")]
-    Format { path: PathBuf, found: String },
-    #[error("snapshot '{path}' is truncated: its state has {got} of {want} bytes")]
-    Truncated {
-        path: PathBuf,
-        got: usize,
-        want: usize,
-    },
-    #[error("snapshot '{path}' is corrupted: its state's CRC-32 is {got:08x}, the header says {want:08x}")]
-    Checksum { path: PathBuf, got: u32, want: u32 },
-    #[error("snapshot '{path}' is corrupted: {msg}")]
-    Decode { path: PathBuf, msg: String },
-    #[error("snapshot '{path}' was written by splitvm {theirs}; this is splitvm {ours}, which restores only its own snapshots")]
-    Version {
-        path: PathBuf,
-        theirs: String,
-        ours: String,
-    },
-    #[error("snapshot '{path}' was taken on another CPU or KVM ({theirs}); this host is {ours}")]
-    ForeignCpu {
-        path: PathBuf,
-        theirs: String,
-        ours: String,
-    },
-    #[error("snapshot '{path}': its memory file '{file}' is {got} bytes, the snapshot's guest has {want}")]
-    MemorySize {
-        path: PathBuf,
-        file: String,
-        got: u64,
-        want: u64,
-    },
-    #[error("cannot map snapshot memory '{path}': {msg}")]
-    Map { path: PathBuf, msg: String },
-    #[error("cannot write snapshot '{path}': {err}")]
-    Write { path: PathBuf, err: std::io::Error },
-}
 
 type Result<T> = std::result::Result<T, SnapshotError>;
 
@@ -199,9 +154,11 @@ pub struct VmState {
 impl VmState {
     /// The guest's agent said `ready` and waits for a command.
     pub fn awaiting_command(&self) -> bool {
-        self.pio
-            .iter()
-            .any(|d| matches!(&d.state, devices::DeviceState::ControlPort(c) if c.awaiting))
+        self.pio.iter().any(|d| {
+            d.state
+                .get::<devices::channel::ControlPortState>("control_port")
+                .is_ok_and(|c| c.awaiting)
+        })
     }
 }
 
@@ -323,6 +280,7 @@ fn read_state_file(dir: &Path) -> Result<VmState> {
         return Err(SnapshotError::Format {
             path: snap(),
             found: format.to_string(),
+            ours: FORMAT,
         });
     }
     let field = |name: &str| {

@@ -653,15 +653,14 @@ impl PciConfigIo {
 
 impl BusDevice for PciConfigIo {
     fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
-        Ok(Some(crate::DeviceState::PciConfigIo(PciConfigIoState {
+        let s = PciConfigIoState {
             address: self.address,
             reset_reg: self.reset_reg,
-        })))
+        };
+        Ok(Some(crate::DeviceState::of("pci_config_io", &s)?))
     }
     fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
-        let crate::DeviceState::PciConfigIo(s) = s else {
-            return Err(crate::StateError::wrong_kind("the PCI config ports"));
-        };
+        let s: PciConfigIoState = s.get("pci_config_io")?;
         self.address = s.address & 0x80ff_fffc;
         self.reset_reg = s.reset_reg & 0x0e;
         Ok(())
@@ -741,15 +740,14 @@ impl BusDevice for PciMmioWindow {
                 functions.push((i as u8, regs));
             }
         }
-        Ok(Some(crate::DeviceState::PciSegment(PciSegmentState {
-            functions,
-        })))
+        Ok(Some(crate::DeviceState::of(
+            "pci_segment",
+            &PciSegmentState { functions },
+        )?))
     }
 
     fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
-        let crate::DeviceState::PciSegment(s) = s else {
-            return Err(crate::StateError::wrong_kind("the PCI segment"));
-        };
+        let s: PciSegmentState = s.get("pci_segment")?;
         let st = lock(&self.segment.state);
         let present: Vec<u8> = (0..st.slots.len() as u8)
             .filter(|i| st.slots[*i as usize].is_some())
