@@ -228,6 +228,14 @@ pub const AGENT_CMDLINE: &str = "splitvm.agent=1";
 pub fn run(args: &RunArgs) -> Result<i32> {
     let started = Instant::now();
     install_panic_hook();
+    // First thing: a SIGUSR1 sent early must not end the process (its
+    // default action); it is taken once the VM runs.
+    if args.snapshot_on_signal.is_some() {
+        register_signal_handler(libc::SIGUSR1, on_snapshot_signal).map_err(|e| Error::Setup {
+            what: "signal handler",
+            msg: e.to_string(),
+        })?;
+    }
     crate::seccomp::setup(args.seccomp, args.command_mode()).map_err(|msg| Error::Setup {
         what: "seccomp",
         msg,
@@ -658,14 +666,6 @@ impl Platform {
             register_signal_handler(sig, on_terminate).map_err(|e| Error::Setup {
                 what: "signal handler",
                 msg: e.to_string(),
-            })?;
-        }
-        if args.snapshot_on_signal.is_some() {
-            register_signal_handler(libc::SIGUSR1, on_snapshot_signal).map_err(|e| {
-                Error::Setup {
-                    what: "signal handler",
-                    msg: e.to_string(),
-                }
             })?;
         }
         let pio = Arc::new(self.pio);
