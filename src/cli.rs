@@ -77,7 +77,8 @@ pub enum KernelFormat {
     Raw,
 }
 
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// virtio-pci with MSI-X (one GSI and irqfd per vector).
     Pci,

@@ -240,9 +240,13 @@ pub fn allowed(kind: ThreadKind) -> Vec<i64> {
         }
         ThreadKind::VirtioWorker => v.extend_from_slice(WORKER_IO),
         ThreadKind::Timer | ThreadKind::Tracer => {}
+        // The supervisor restarts virtio workers after a snapshot: like a
+        // vCPU, it starts them, and they run under its list and their own.
         ThreadKind::Supervisor => {
             v.extend_from_slice(THREADS);
             v.extend_from_slice(SUPERVISOR_EXTRA);
+            v.extend_from_slice(VCPU_EXTRA);
+            v.extend_from_slice(WORKER_IO);
         }
     }
     v.sort_unstable();

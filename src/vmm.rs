@@ -190,10 +190,10 @@ fn check_args(args: &RunArgs) -> Result<(u64, SerialDest)> {
         ));
     }
     if (args.snapshot_on_ready.is_some() || args.snapshot_on_signal.is_some())
-        && (!args.disk.is_empty() || !args.net.is_empty())
+        && !args.net.is_empty()
     {
         return Err(Error::DeviceSpec(
-            "snapshots of virtio devices (--disk, --net) are not supported yet (docs/snapshot.md)"
+            "snapshots of virtio-net devices (--net) are not supported yet (docs/snapshot.md)"
                 .into(),
         ));
     }
@@ -578,6 +578,8 @@ impl Platform {
             test_devices: args.test_devices,
             channel: self.channel.is_some(),
             cpu_features: args.cpu_features.clone(),
+            disks: args.disk.iter().map(|d| absolute_disk(d)).collect(),
+            transport: args.transport,
         }
     }
 
@@ -834,6 +836,16 @@ fn create_vcpus(
         vcpus.push(v);
     }
     Ok(vcpus)
+}
+
+/// A `--disk` spec with its path made absolute (a restore may run in
+/// another directory).
+fn absolute_disk(spec: &str) -> String {
+    let (path, rest) = spec.split_at(spec.find(',').unwrap_or(spec.len()));
+    match std::fs::canonicalize(path) {
+        Ok(p) => format!("{}{rest}", p.display()),
+        Err(_) => spec.to_string(),
+    }
 }
 
 /// KVM_GET_SUPPORTED_CPUID: the vCPUs' CPUID base, and the host identity
@@ -1115,16 +1127,17 @@ fn snapshot_triggers(args: &RunArgs, r: &Running) {
 }
 
 /// Pause the VM at one consistent instant, save it into `dir`, resume.
-/// Device timers stop first (a PIT tick cannot land between the LAPICs'
-/// and the PIT's state), then every vCPU parks, then they save their state.
+/// Every vCPU parks first (no guest code runs, no register is written);
+/// then the devices' own activity stops (the PIT's ticks, virtio workers at
+/// a request boundary, their last interrupts landing in the LAPICs); only
+/// then do the vCPUs save their state, so no tick or completion can fall
+/// between the LAPICs' state and a device's.
 fn take_snapshot(
     r: &Running,
     dir: &std::path::Path,
     trigger: &str,
 ) -> std::result::Result<(), String> {
     let t0 = Instant::now();
-    r.pio.pause(true);
-    r.mmio.pause(true);
     let pause = &r.snap.pause;
     let kick = || {
         for h in r.handles.iter().filter(|h| !h.is_finished()) {
@@ -1136,7 +1149,11 @@ fn take_snapshot(
         .pause_all(kick, || r.control.is_stopping(), Duration::from_secs(10))
         .and_then(|()| {
             let paused = t0.elapsed();
+            r.pio.pause(true);
+            r.mmio.pause(true);
             let saved = save_paused(r, dir, trigger);
+            r.pio.pause(false);
+            r.mmio.pause(false);
             pause.resume();
             let w = saved?;
             log::info!(
@@ -1150,8 +1167,6 @@ fn take_snapshot(
             );
             Ok(())
         });
-    r.pio.pause(false);
-    r.mmio.pause(false);
     result
 }
 

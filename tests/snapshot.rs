@@ -417,8 +417,12 @@ fn restore_twenty_times(cpus: u32) {
     let t = Instant::now();
     for i in 0..20u32 {
         let status = (i * 7 + cpus) % 11;
-        let cmd =
-            format!("echo run {i} on $(grep -c ^processor /proc/cpuinfo) cpus; exit {status}");
+        // Padded so the control line's length runs from about 90 to 700
+        // bytes: lines of 257-320 bytes once hung (a UART receive bug).
+        let pad = "x".repeat(i as usize * 21);
+        let cmd = format!(
+            "echo run {i} on $(grep -c ^processor /proc/cpuinfo) cpus; exit {status} # {pad}"
+        );
         let (code, out, r, o) =
             restore_run(&snap, &dir.join(format!("r{i}.json")), &["sh", "-c", &cmd]);
         let why = context(&o);

@@ -64,6 +64,14 @@ struct UartStateDef {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UartState(#[serde(with = "UartStateDef")] pub vm_superio::serial::SerialState);
 
+// 16550A registers and bits (the receive side that `read_iir` fixes up).
+const IIR: u8 = 2;
+const LSR: u8 = 5;
+const LSR_DATA_READY: u8 = 0x01;
+const IER_RDA: u8 = 0x01;
+const IIR_RDA: u8 = 0x04;
+const IIR_FIFO_BITS: u8 = 0xc0;
+
 /// How many console lines [`SerialOutput`] keeps for error reports.
 pub const TAIL_LINES: usize = 25;
 
@@ -178,6 +186,24 @@ impl SerialDevice {
         }
     }
 
+    /// IIR as a 16550A has it: "received data available" (the highest
+    /// priority after line status) for as long as the FIFO holds data and
+    /// the interrupt is enabled. vm-superio clears it at every receive
+    /// buffer read, so a driver that stops after a batch (Linux's 8250
+    /// reads at most 256 characters per pass, then reads IIR again to see
+    /// whether to go on) would leave the rest in the FIFO with no interrupt
+    /// to come: a command line of 257-320 bytes on the control port hung.
+    fn read_iir(&mut self) -> u8 {
+        let iir = self.serial.read(IIR);
+        let data_ready = self.serial.read(LSR) & LSR_DATA_READY != 0;
+        let rda_enabled = self.serial.state().interrupt_enable & IER_RDA != 0;
+        if data_ready && rda_enabled {
+            (iir & IIR_FIFO_BITS) | IIR_RDA
+        } else {
+            iir
+        }
+    }
+
     /// The registers and receive FIFO.
     pub fn save(&self) -> UartState {
         UartState(self.serial.state())
@@ -224,7 +250,10 @@ impl BusDevice for SerialDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         if data.len() == 1 && offset < 8 {
-            data[0] = self.serial.read(offset as u8);
+            data[0] = match offset as u8 {
+                IIR => self.read_iir(),
+                o => self.serial.read(o),
+            };
         }
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
@@ -247,6 +276,40 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    fn uart() -> SerialDevice {
+        let ioapic = Arc::new(Mutex::new(crate::ioapic::IoApic::new(
+            crate::pci::testutil::FakeKvm::new(),
+        )));
+        SerialDevice::new(
+            IrqLine::new(ioapic, 4),
+            SerialOutput::new(Box::new(io::sink())),
+        )
+    }
+
+    fn inb(u: &mut SerialDevice, offset: u64) -> u8 {
+        let mut b = [0u8];
+        u.read(offset, &mut b);
+        b[0]
+    }
+
+    #[test]
+    fn iir_says_data_available_while_the_fifo_holds_data() {
+        let mut u = uart();
+        u.write(1, &[IER_RDA]);
+        assert_eq!(u.enqueue_input(b"abc"), 3);
+        assert_eq!(inb(&mut u, 2) & 0x0f, IIR_RDA);
+        assert_eq!(inb(&mut u, 0), b'a');
+        // vm-superio alone would say "no interrupt" now, with 2 bytes left.
+        assert_eq!(inb(&mut u, 2) & 0x0f, IIR_RDA);
+        assert_eq!(inb(&mut u, 0), b'b');
+        assert_eq!(inb(&mut u, 0), b'c');
+        assert_eq!(inb(&mut u, 2) & 0x01, 1, "empty FIFO: no interrupt pending");
+        // With the interrupt disabled, IIR does not report it.
+        u.write(1, &[0]);
+        u.enqueue_input(b"d");
+        assert_ne!(inb(&mut u, 2) & 0x0f, IIR_RDA);
     }
 
     #[test]

@@ -371,12 +371,6 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Vec<Case>, ManifestEr
         if !add.is_empty() && initrd.is_none() {
             return ctx.err(span, format!("{who}'add' needs an 'initrd' to append to"));
         }
-        if snapshot.is_some() && !disks.is_empty() {
-            return ctx.err(
-                span,
-                format!("{who}'snapshot' and 'disks' together: snapshots of virtio devices are not supported yet"),
-            );
-        }
         let text_of = |key: &str, v: Option<&Spanned<String>>| {
             v.map(|s| ctx.expand(key, &who, s)).transpose()
         };
@@ -431,16 +425,12 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_without_a_kernel_must_exist_and_cannot_take_disks() {
+    fn a_snapshot_without_a_kernel_must_exist() {
         let e = err("[[case]]\nname = 'a'\nsnapshot = '/nonexistent-snap'\ncommand = 'true'\n");
         assert!(
             e.contains("m.toml:3: case 'a': key 'snapshot': no snapshot in '/nonexistent-snap'"),
             "{e}"
         );
-        let e = err(&format!(
-            "[defaults]\nkernel = '{KERNEL}'\nsnapshot = '/s'\n[[case]]\nname = 'a'\ndisks = ['/d']\ncommand = 'true'\n"
-        ));
-        assert!(e.contains("'snapshot' and 'disks' together"), "{e}");
         let cases = check(&format!(
             "[defaults]\nkernel = '{KERNEL}'\nsnapshot = 'snaps/one'\n[[case]]\nname = 'a'\ncommand = 'true'\n"
         ))

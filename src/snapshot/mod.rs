@@ -115,6 +115,9 @@ pub struct Machine {
     /// COM2-COM4 carry the host-guest channel (`-- CMD`).
     pub channel: bool,
     pub cpu_features: Vec<String>,
+    /// `--disk` specs, paths absolute; the files are opened again.
+    pub disks: Vec<String>,
+    pub transport: crate::cli::Transport,
 }
 
 impl Machine {
@@ -128,6 +131,8 @@ impl Machine {
         a.no_pit = !self.pit;
         a.test_devices = self.test_devices;
         a.cpu_features = self.cpu_features.clone();
+        a.disk = self.disks.clone();
+        a.transport = self.transport;
         a
     }
 }

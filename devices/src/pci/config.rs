@@ -357,8 +357,10 @@ impl PciConfiguration {
         self.regs.to_vec()
     }
 
-    /// Put back the writable bits of saved registers; read-only bits keep
-    /// this device's values. No BAR may be in use (the host bridge has none).
+    /// Put back saved registers as guest writes of each dword would: the
+    /// writable bits and the BAR addresses; read-only bits keep this
+    /// device's values. (A capability backed by a handler, MSI-X's message
+    /// control, gets the write too: restore the handler's state after.)
     pub fn set_registers(&mut self, saved: &[u32]) -> Result<(), crate::StateError> {
         if saved.len() != CONFIG_DWORDS {
             return Err(crate::StateError::Mismatch(format!(
@@ -367,7 +369,7 @@ impl PciConfiguration {
             )));
         }
         for (i, v) in saved.iter().enumerate() {
-            self.regs[i] = (self.regs[i] & !self.writable[i]) | (v & self.writable[i]);
+            self.write_reg(i, 0, &v.to_le_bytes());
         }
         Ok(())
     }

@@ -99,13 +99,17 @@ pub trait PciDevice: Send {
     /// BAR `bar` stopped decoding at `old` and/or started decoding at `new`
     /// (reprogrammed, or memory decoding switched in the command register).
     fn bar_moved(&mut self, _bar: usize, _old: Option<u64>, _new: Option<u64>) {}
-    /// The function's configuration registers for a snapshot; by default
-    /// it cannot be snapshotted (BARs, capabilities and the device behind
-    /// them would need more).
-    fn save_config(&self) -> Result<Vec<u32>, crate::StateError> {
+    /// The function's state for a snapshot (configuration space and
+    /// whatever the device keeps); by default it cannot be snapshotted.
+    fn save_state(&self) -> Result<crate::DeviceState, crate::StateError> {
         Err(crate::StateError::Unsupported)
     }
-    fn restore_config(&mut self, _regs: &[u32]) -> Result<(), crate::StateError> {
+    /// Put back a saved state (the segment then re-decodes the BARs).
+    fn restore_state(&mut self, _state: &crate::DeviceState) -> Result<(), crate::StateError> {
         Err(crate::StateError::Unsupported)
+    }
+    /// Stop (`true`) or resume the device's own activity for a snapshot.
+    fn pause(&mut self, _paused: bool) -> Result<(), crate::StateError> {
+        Ok(())
     }
 }

@@ -69,19 +69,19 @@ impl PciDevice for HostBridge {
         data.fill(0xff);
     }
     fn write_bar(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
-    fn save_config(&self) -> Result<Vec<u32>, crate::StateError> {
-        Ok(self.config.registers())
+    fn save_state(&self) -> Result<crate::DeviceState, crate::StateError> {
+        crate::DeviceState::of("host_bridge", &self.config.registers())
     }
-    fn restore_config(&mut self, regs: &[u32]) -> Result<(), crate::StateError> {
-        self.config.set_registers(regs)
+    fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
+        self.config
+            .set_registers(&s.get::<Vec<u32>>("host_bridge")?)
     }
 }
 
-/// The PCI segment in a snapshot: each function's configuration registers
-/// by slot.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// The PCI segment in a snapshot: each function's state by slot.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PciSegmentState {
-    pub functions: Vec<(u8, Vec<u32>)>,
+    pub functions: Vec<(u8, crate::DeviceState)>,
 }
 
 /// CONFIG_ADDRESS and the reset control register in a snapshot.
@@ -730,7 +730,7 @@ impl BusDevice for PciMmioWindow {
         let mut functions = Vec::new();
         for (i, slot) in st.slots.iter().enumerate() {
             if let Some(s) = slot {
-                let regs = lock(&s.device).save_config().map_err(|e| match e {
+                let regs = lock(&s.device).save_state().map_err(|e| match e {
                     crate::StateError::Unsupported => crate::StateError::Mismatch(format!(
                         "PCI device '{}' cannot be snapshotted yet",
                         s.name
@@ -748,7 +748,7 @@ impl BusDevice for PciMmioWindow {
 
     fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
         let s: PciSegmentState = s.get("pci_segment")?;
-        let st = lock(&self.segment.state);
+        let mut st = lock(&self.segment.state);
         let present: Vec<u8> = (0..st.slots.len() as u8)
             .filter(|i| st.slots[*i as usize].is_some())
             .collect();
@@ -758,12 +758,25 @@ impl BusDevice for PciMmioWindow {
                 "PCI slots {saved:?} saved, {present:?} present"
             )));
         }
-        for (i, regs) in &s.functions {
-            if let Some(slot) = &st.slots[*i as usize] {
-                lock(&slot.device).restore_config(regs)?;
-            }
+        for (i, state) in &s.functions {
+            let Some(device) = st.slots[*i as usize].as_ref().map(|s| s.device.clone()) else {
+                continue;
+            };
+            let mut dev = lock(&device);
+            dev.restore_state(state)?;
+            // The BARs as restored decode (and ioeventfds follow them).
+            st.update_decode(*i, &mut *dev);
         }
         Ok(())
+    }
+
+    fn pause(&mut self, paused: bool) {
+        let st = lock(&self.segment.state);
+        for slot in st.slots.iter().flatten() {
+            if let Err(e) = lock(&slot.device).pause(paused) {
+                log::warn!("pci: {}: cannot pause for a snapshot: {e}", slot.name);
+            }
+        }
     }
 
     fn read(&mut self, offset: u64, data: &mut [u8]) {

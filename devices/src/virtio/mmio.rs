@@ -266,15 +266,32 @@ impl VirtioInterrupt for MmioInterrupt {
     }
 }
 
-/// Driver-written queue registers.
-#[derive(Debug, Clone, Copy, Default)]
-struct QueueRegs {
+/// Driver-written queue registers (also their part of a snapshot).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueRegs {
     /// QueueNum as written (QueueNumMax until written).
-    num: u32,
-    ready: bool,
-    desc: u64,
-    driver: u64,
-    device: u64,
+    pub num: u32,
+    pub ready: bool,
+    pub desc: u64,
+    pub driver: u64,
+    pub device: u64,
+}
+
+/// A virtio-mmio transport in a snapshot: its registers, InterruptStatus
+/// and, for an active device, where each queue is (the device paused at a
+/// request boundary). The pin's line level is the I/O APIC's state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VirtioMmioState {
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub driver_features: u64,
+    pub queue_sel: u32,
+    pub status: u8,
+    pub queues: Vec<QueueRegs>,
+    pub interrupt_status: u32,
+    pub needs_reset: bool,
+    pub active: bool,
+    pub positions: Vec<super::QueuePosition>,
 }
 
 /// A virtio device on a virtio-mmio window. See the module documentation.
@@ -602,6 +619,11 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) -> Result<(), ActivateError> {
+        self.activate_at(&[])
+    }
+
+    /// Activate; a queue named in `at` starts at that position (a restore).
+    fn activate_at(&mut self, at: &[super::QueuePosition]) -> Result<(), ActivateError> {
         let mut active = Vec::new();
         for i in 0..self.queues.len() {
             if !self.queues[i].ready {
@@ -618,6 +640,11 @@ impl MmioTransport {
                 );
                 ActivateError::BadQueue(i)
             })?;
+            let mut queue = queue;
+            if let Some(p) = at.iter().find(|p| p.index as usize == i) {
+                queue.set_next_avail(p.next_avail);
+                queue.set_next_used(p.next_used);
+            }
             let notify = self.queue_evts[i]
                 .try_clone()
                 .map_err(|e| ActivateError::Worker(e.to_string()))?;
@@ -791,6 +818,81 @@ impl MmioTransport {
 }
 
 impl BusDevice for MmioTransport {
+    fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
+        let positions = self.device.queue_positions();
+        if self.active && positions.is_empty() {
+            return Err(crate::StateError::Mismatch(format!(
+                "{} at {:#x} is active but not paused",
+                self.device.name(),
+                self.base
+            )));
+        }
+        let s = VirtioMmioState {
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            status: self.status,
+            queues: self.queues.clone(),
+            interrupt_status: self.interrupt.status(),
+            needs_reset: self.interrupt.needs_reset.load(Ordering::SeqCst),
+            active: self.active,
+            positions,
+        };
+        Ok(Some(crate::DeviceState::of("virtio_mmio", &s)?))
+    }
+
+    fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
+        let s: VirtioMmioState = s.get("virtio_mmio")?;
+        let mismatch = |m: String| crate::StateError::Mismatch(format!("virtio-mmio: {m}"));
+        if s.queues.len() != self.queues.len() {
+            return Err(mismatch(format!(
+                "{} queues saved, {} here",
+                s.queues.len(),
+                self.queues.len()
+            )));
+        }
+        if self.active {
+            return Err(mismatch("restored into an active device".into()));
+        }
+        self.device_features_sel = s.device_features_sel;
+        self.driver_features_sel = s.driver_features_sel;
+        self.driver_features = s.driver_features & self.device.features();
+        self.queue_sel = s.queue_sel;
+        self.status = s.status & !STATUS_NEEDS_RESET;
+        self.queues = s.queues.clone();
+        // InterruptStatus without raising the pin: its level (or the edge
+        // it sent) is in the restored I/O APIC and LAPIC already.
+        *lock(&self.interrupt.isr) = s.interrupt_status;
+        self.interrupt
+            .needs_reset
+            .store(s.needs_reset, Ordering::SeqCst);
+        if self.status & STATUS_FEATURES_OK != 0 {
+            self.device.ack_features(self.driver_features);
+        }
+        if s.active {
+            self.activate_at(&s.positions)
+                .map_err(|e| mismatch(format!("its queues could not be started again: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn pause(&mut self, paused: bool) {
+        if !self.active {
+            return;
+        }
+        if paused {
+            if let Err(e) = self.device.pause() {
+                log::warn!(
+                    "virtio-mmio: {}: cannot pause for a snapshot: {e}",
+                    self.device.name()
+                );
+            }
+        } else {
+            self.device.resume();
+        }
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= REG_CONFIG {
             if matches!(data.len(), 1 | 2 | 4 | 8) {

@@ -62,6 +62,27 @@ pub enum ActivateError {
     Features(u64),
 }
 
+/// Where a queue is: the next available entry the device will take and
+/// the next used entry it will write (a snapshot's part of a queue; its
+/// size and ring addresses are the transport's registers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueuePosition {
+    pub index: u16,
+    pub next_avail: u16,
+    pub next_used: u16,
+}
+
+impl QueuePosition {
+    pub fn of(q: &ActiveQueue) -> QueuePosition {
+        use virtio_queue::QueueT;
+        QueuePosition {
+            index: q.index,
+            next_avail: q.queue.next_avail(),
+            next_used: q.queue.next_used(),
+        }
+    }
+}
+
 /// A ready queue handed to the device on activation.
 pub struct ActiveQueue {
     /// Queue index as the guest numbers it.
@@ -97,6 +118,20 @@ pub trait VirtioDevice: Send {
     /// Stop processing (join the worker) and return to the pre-activation
     /// state. Returns false if the device cannot be reset.
     fn reset(&mut self) -> bool;
+    /// Stop processing at a request boundary and keep the queues: a
+    /// snapshot is being taken. Every chain the device took is completed
+    /// (in the used ring, its interrupt sent); chains it has not taken
+    /// stay in the available ring. Does nothing if the device is not
+    /// active. Default: the device cannot be snapshotted.
+    fn pause(&mut self) -> Result<(), crate::StateError> {
+        Err(crate::StateError::Unsupported)
+    }
+    /// Go on after [`pause`](VirtioDevice::pause).
+    fn resume(&mut self) {}
+    /// Where each queue of a paused device is.
+    fn queue_positions(&self) -> Vec<QueuePosition> {
+        Vec::new()
+    }
     /// Device counters for a statistics report, as (name, value) pairs.
     /// Devices with a worker report at least "notifications" (queue
     /// notifications consumed from the ioeventfds). Default: none.

@@ -169,13 +169,36 @@ impl VirtioInterrupt for VirtioPciInterrupt {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct QueueRegs {
-    size: u16,
-    enabled: bool,
-    desc: u64,
-    driver: u64,
-    device: u64,
+/// A queue's driver-written registers (also its part of a snapshot).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueRegs {
+    pub size: u16,
+    pub enabled: bool,
+    pub desc: u64,
+    pub driver: u64,
+    pub device: u64,
+}
+
+/// A virtio-pci function in a snapshot: its configuration space, the
+/// common configuration registers, ISR, the MSI-X vectors assigned and the
+/// MSI-X table/PBA, and, for an active device, where each queue is (the
+/// device paused at a request boundary, so no request is in flight).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VirtioPciState {
+    pub config: Vec<u32>,
+    pub device_feature_select: u32,
+    pub driver_feature_select: u32,
+    pub driver_features: u64,
+    pub queue_select: u16,
+    pub queues: Vec<QueueRegs>,
+    pub status: u8,
+    pub config_generation: u8,
+    pub isr: u8,
+    pub config_vector: u16,
+    pub queue_vectors: Vec<u16>,
+    pub active: bool,
+    pub positions: Vec<super::QueuePosition>,
+    pub msix: crate::pci::MsixSnapshot,
 }
 
 /// A virtio device on PCI.
@@ -518,6 +541,11 @@ impl VirtioPciDevice {
     }
 
     fn activate(&mut self) {
+        self.activate_at(&[]);
+    }
+
+    /// Activate; a queue named in `at` starts at that position (a restore).
+    fn activate_at(&mut self, at: &[super::QueuePosition]) {
         if self.broken {
             return self.fail("the device could not be reset");
         }
@@ -544,6 +572,10 @@ impl VirtioPciDevice {
                     .try_set_used_ring_address(GuestAddress(r.device))
                     .is_ok();
             queue.set_ready(true);
+            if let Some(p) = at.iter().find(|p| p.index as usize == i) {
+                queue.set_next_avail(p.next_avail);
+                queue.set_next_used(p.next_used);
+            }
             if !ok || !queue.is_valid(&self.mem) {
                 return self.fail(&format!(
                     "queue {i}: size {} or rings {:#x}/{:#x}/{:#x} invalid",
@@ -712,6 +744,100 @@ impl PciDevice for VirtioPciDevice {
     fn write_bar(&mut self, bar: usize, offset: u64, data: &[u8]) {
         if bar == VIRTIO_BAR {
             self.bar_write(offset, data);
+        }
+    }
+
+    fn save_state(&self) -> Result<crate::DeviceState, crate::StateError> {
+        let positions = self.device.queue_positions();
+        if self.active && positions.is_empty() {
+            return Err(crate::StateError::Mismatch(format!(
+                "{} is active but not paused",
+                self.name
+            )));
+        }
+        let s = VirtioPciState {
+            config: self.config.registers(),
+            device_feature_select: self.device_feature_select,
+            driver_feature_select: self.driver_feature_select,
+            driver_features: self.driver_features,
+            queue_select: self.queue_select,
+            queues: self.queues.clone(),
+            status: self.status(),
+            config_generation: self.shared.config_generation.load(Ordering::SeqCst),
+            isr: self.shared.isr.load(Ordering::SeqCst),
+            config_vector: self.config_vector(),
+            queue_vectors: (0..self.queues.len() as u16)
+                .map(|q| self.queue_vector(q).unwrap_or(VIRTIO_MSI_NO_VECTOR))
+                .collect(),
+            active: self.active,
+            positions,
+            msix: self.shared.msix.save(),
+        };
+        crate::DeviceState::of("virtio_pci", &s)
+    }
+
+    fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
+        let s: VirtioPciState = s.get("virtio_pci")?;
+        let name = self.name.clone();
+        let mismatch = |m: String| crate::StateError::Mismatch(format!("{name}: {m}"));
+        if s.queues.len() != self.queues.len() || s.queue_vectors.len() != self.queues.len() {
+            return Err(mismatch(format!(
+                "{} queues saved, {} here",
+                s.queues.len(),
+                self.queues.len()
+            )));
+        }
+        if self.active {
+            return Err(mismatch("restored into an active device".into()));
+        }
+        self.config.set_registers(&s.config)?;
+        self.shared.msix.restore(&s.msix)?;
+        self.device_feature_select = s.device_feature_select;
+        self.driver_feature_select = s.driver_feature_select;
+        self.driver_features = s.driver_features & self.device_features;
+        self.queue_select = s.queue_select;
+        for (r, (saved, &max)) in self
+            .queues
+            .iter_mut()
+            .zip(s.queues.iter().zip(&self.max_sizes))
+        {
+            *r = QueueRegs {
+                size: saved.size.min(max),
+                ..*saved
+            };
+        }
+        for (v, saved) in self.shared.queue_vectors.iter().zip(&s.queue_vectors) {
+            v.store(self.valid_vector(*saved), Ordering::SeqCst);
+        }
+        self.shared
+            .config_vector
+            .store(self.valid_vector(s.config_vector), Ordering::SeqCst);
+        self.shared.isr.store(s.isr, Ordering::SeqCst);
+        self.shared
+            .config_generation
+            .store(s.config_generation, Ordering::SeqCst);
+        self.shared.status.store(s.status, Ordering::SeqCst);
+        if s.status & STATUS_FEATURES_OK != 0 {
+            self.device.ack_features(self.driver_features);
+        }
+        if s.active {
+            self.activate_at(&s.positions);
+            if !self.active {
+                return Err(mismatch("its queues could not be started again".into()));
+            }
+        }
+        Ok(())
+    }
+
+    fn pause(&mut self, paused: bool) -> Result<(), crate::StateError> {
+        if !self.active {
+            return Ok(());
+        }
+        if paused {
+            self.device.pause()
+        } else {
+            self.device.resume();
+            Ok(())
         }
     }
 

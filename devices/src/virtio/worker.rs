@@ -28,18 +28,20 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::ActivateError;
 
-/// A device worker thread and the eventfd that tells it to stop.
-pub struct WorkerThread {
+/// A device worker thread and the eventfd that tells it to stop; the
+/// worker may hand something back when it ends (its queues, to be
+/// resumed after a snapshot).
+pub struct WorkerThread<T: Send + 'static = ()> {
     stop: EventFd,
-    handle: Option<JoinHandle<()>>,
+    handle: Option<JoinHandle<T>>,
 }
 
-impl WorkerThread {
+impl<T: Send + 'static> WorkerThread<T> {
     /// Spawn `body` on a thread called `name`; it receives the stop eventfd
     /// (non-blocking) and must return soon after it becomes readable.
-    pub fn spawn<F>(name: &str, body: F) -> Result<WorkerThread, ActivateError>
+    pub fn spawn<F>(name: &str, body: F) -> Result<WorkerThread<T>, ActivateError>
     where
-        F: FnOnce(EventFd) + Send + 'static,
+        F: FnOnce(EventFd) -> T + Send + 'static,
     {
         let stop = new_eventfd().map_err(|e| ActivateError::Worker(e.to_string()))?;
         let theirs = stop
@@ -59,20 +61,24 @@ impl WorkerThread {
         })
     }
 
-    /// Signal the worker and wait for it. Idempotent.
-    pub fn stop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            if let Err(e) = self.stop.write(1) {
-                log::error!("cannot signal the virtio worker to stop: {e}");
-            }
-            if handle.join().is_err() {
+    /// Signal the worker and wait for it; returns what it handed back
+    /// (None if it was stopped before or panicked). Idempotent.
+    pub fn stop(&mut self) -> Option<T> {
+        let handle = self.handle.take()?;
+        if let Err(e) = self.stop.write(1) {
+            log::error!("cannot signal the virtio worker to stop: {e}");
+        }
+        match handle.join() {
+            Ok(v) => Some(v),
+            Err(_) => {
                 log::error!("virtio worker thread panicked");
+                None
             }
         }
     }
 }
 
-impl Drop for WorkerThread {
+impl<T: Send + 'static> Drop for WorkerThread<T> {
     fn drop(&mut self) {
         self.stop();
     }
