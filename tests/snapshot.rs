@@ -554,3 +554,153 @@ fn a_snapshot_taken_by_signal_mid_command_finishes_that_command_when_restored() 
     );
     let _ = fs::remove_dir_all(&dir);
 }
+
+// ---- virtio-blk ------------------------------------------------------------
+
+/// md5sum of the first 2 MiB of `path`, by the host's md5sum.
+fn host_md5_2m(path: &Path) -> String {
+    let data = fs::read(path).unwrap();
+    let n = data.len().min(2 << 20);
+    let mut c = Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("md5sum");
+    use std::io::Write;
+    c.stdin.take().unwrap().write_all(&data[..n]).unwrap();
+    let o = c.wait_with_output().unwrap();
+    text(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// A snapshot of the Linux guest at ready with a read-only virtio-blk disk
+/// (a copy of the initramfs) on `transport`; returns it and the disk.
+fn disk_snapshot(transport: &str) -> (PathBuf, PathBuf) {
+    static PCI: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    static MMIO: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    let cell = if transport == "pci" { &PCI } else { &MMIO };
+    cell.get_or_init(|| {
+        let (_, initrd) = common::guest();
+        let dir = scratch(&format!("disk-{transport}"));
+        let disk = dir.join("disk.img");
+        fs::copy(initrd, &disk).unwrap();
+        let snap = dir.join("snap");
+        let _one = common::ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let o = common::output_retrying_timeout(|| {
+            common::guest_command(
+                &[
+                    "--disk".into(),
+                    format!("{},readonly", disk.display()),
+                    "--transport".into(),
+                    transport.into(),
+                    "--snapshot-on-ready".into(),
+                    snap.display().to_string(),
+                ],
+                &["true"],
+            )
+        });
+        assert_eq!(o.status.code(), Some(0), "{}", context(&o));
+        (snap, disk)
+    })
+    .clone()
+}
+
+const READ_2M: &str = "dd if=/dev/vda bs=64k count=32 2>/dev/null | md5sum";
+
+#[test]
+fn a_linux_snapshot_with_a_virtio_blk_disk_restores_over_pci_and_mmio() {
+    for transport in ["pci", "mmio"] {
+        let (snap, disk) = disk_snapshot(transport);
+        let want = host_md5_2m(&disk);
+        let dir = scratch(&format!("disk-runs-{transport}"));
+        for i in 0..3 {
+            let (code, out, r, o) = restore_run(
+                &snap,
+                &dir.join(format!("r{i}.json")),
+                &["sh", "-c", &format!("{READ_2M}; exit {}", 4 + i)],
+            );
+            let why = format!("{transport} restore {i}: {}", context(&o));
+            assert_eq!(code, 4 + i, "{why}");
+            assert_eq!(out.split_whitespace().next(), Some(want.as_str()), "{why}");
+            assert_eq!(r["exit_reason"], "command-exit", "{why}");
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn virtio_blk_requests_in_flight_at_signal_snapshots_complete_exactly_once() {
+    let (snap, disk) = disk_snapshot("pci");
+    let want = host_md5_2m(&disk);
+    let dir = scratch("disk-signal");
+    let mid = dir.join("mid");
+    // Eight uncached 2 MiB reads; two snapshots are taken while they run.
+    let cmd = format!(
+        "echo start; i=0; while [ $i -lt 8 ]; do echo 3 > /proc/sys/vm/drop_caches; \
+         {READ_2M} >> /tmp/sums; i=$((i+1)); done; sort -u /tmp/sums; wc -l < /tmp/sums; exit 7"
+    );
+    let mut child = splitvm()
+        .args(["run", "--restore"])
+        .arg(&snap)
+        .arg("--snapshot-on-signal")
+        .arg(&mid)
+        .args(["--timeout", "300", "--", "sh", "-c", &cmd])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut b = [0u8; 256];
+            while let Ok(n) = stdout.read(&mut b) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().unwrap().push_str(&text(&b[..n]));
+            }
+        })
+    };
+    let t = Instant::now();
+    while !seen.lock().unwrap().contains("start") && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for wait in [1500, 1300] {
+        std::thread::sleep(Duration::from_millis(wait));
+        // SAFETY: kill with a valid pid and signal.
+        unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    }
+    let o = child.wait_with_output().unwrap();
+    reader.join().unwrap();
+    let out = seen.lock().unwrap().clone();
+    assert_eq!(o.status.code(), Some(7), "{out}\n{}", context(&o));
+    assert_eq!(out, format!("start\n{want}  -\n8\n"), "{}", context(&o));
+    assert!(mid.join("state.json").is_file());
+
+    // The second snapshot, restored: the reads left finish, each once.
+    let report = dir.join("r.json");
+    let o = common::output_retrying_timeout(|| {
+        let mut c = splitvm();
+        c.args(["run", "--restore"])
+            .arg(&mid)
+            .args(["--timeout", "300", "--stats-json"])
+            .arg(&report);
+        c
+    });
+    assert_eq!(o.status.code(), Some(7), "{}", context(&o));
+    assert_eq!(
+        text(&o.stdout),
+        format!("{want}  -\n8\n"),
+        "{}",
+        context(&o)
+    );
+    let _ = fs::remove_dir_all(&dir);
+}

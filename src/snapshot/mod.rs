@@ -133,6 +133,11 @@ impl Machine {
         a.cpu_features = self.cpu_features.clone();
         a.disk = self.disks.clone();
         a.transport = self.transport;
+        // A guest with the channel runs a command: as in `-- CMD`, its
+        // console stays out of stdout unless asked for.
+        if self.channel && a.serial.is_none() {
+            a.serial = Some("none".into());
+        }
         a
     }
 }
