@@ -980,6 +980,16 @@ mod tests {
             p.interrupt = None;
             true
         }
+        fn pause(&mut self) -> Result<(), crate::StateError> {
+            Ok(())
+        }
+        fn queue_positions(&self) -> Vec<crate::virtio::QueuePosition> {
+            lock(&self.probe)
+                .queues
+                .iter()
+                .map(crate::virtio::QueuePosition::of)
+                .collect()
+        }
     }
 
     struct Rig {
@@ -1108,6 +1118,58 @@ mod tests {
         fn stats(&self) -> VirtioPciStats {
             lock(&self.dev).stats()
         }
+    }
+
+    #[test]
+    fn an_active_device_restores_with_its_registers_vectors_and_queue_positions() {
+        let a = rig();
+        a.enable_msix();
+        a.activate_all();
+        a.w(0x16, 2, 1);
+        a.w(0x1a, 2, 1); // queue 1 -> MSI-X vector 1
+        a.w(0x10, 2, 2); // config -> vector 2
+        {
+            let mut p = lock(&a.probe);
+            p.queues[0].queue.set_next_avail(5);
+            p.queues[0].queue.set_next_used(4);
+        }
+        PciDevice::pause(&mut *lock(&a.dev), true).unwrap();
+        let saved = lock(&a.dev).save_state().unwrap();
+
+        let b = rig();
+        lock(&b.dev).restore_state(&saved).unwrap();
+        {
+            let p = lock(&b.probe);
+            assert!(p.active);
+            assert_eq!(p.activations, 1);
+            assert_eq!(p.acked, VIRTIO_F_VERSION_1);
+            let pos: Vec<_> = p
+                .queues
+                .iter()
+                .map(crate::virtio::QueuePosition::of)
+                .collect();
+            assert_eq!(
+                (pos[0].index, pos[0].next_avail, pos[0].next_used),
+                (0, 5, 4)
+            );
+            assert_eq!((pos[1].index, pos[1].next_avail), (1, 0));
+        }
+        assert_eq!(b.status(), a.status());
+        assert_eq!(b.r(0x10, 2), 2, "config vector");
+        b.w(0x16, 2, 1);
+        assert_eq!(b.r(0x1a, 2), 1, "queue 1 vector");
+        assert_eq!(b.r(0x18, 2), 8, "queue 1 size");
+        assert!(lock(&b.dev).msix().enabled());
+        assert_eq!(b.r(MSIX_TABLE_OFFSET + 8, 4), 0x30, "MSI-X entry 0 data");
+        assert!(
+            lock(&b.dev).restore_state(&saved).is_err(),
+            "not into an active device"
+        );
+        // A device that is active but not paused has no queue positions.
+        let c = rig();
+        c.activate_all();
+        lock(&c.probe).queues.clear();
+        assert!(lock(&c.dev).save_state().is_err());
     }
 
     #[test]
