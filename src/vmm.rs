@@ -189,14 +189,6 @@ fn check_args(args: &RunArgs) -> Result<(u64, SerialDest)> {
             "--snapshot-on-ready needs a guest that says it is ready: `-- CMD` (the agent) or --test-devices (the ready port)".into(),
         ));
     }
-    if (args.snapshot_on_ready.is_some() || args.snapshot_on_signal.is_some())
-        && !args.net.is_empty()
-    {
-        return Err(Error::DeviceSpec(
-            "snapshots of virtio-net devices (--net) are not supported yet (docs/snapshot.md)"
-                .into(),
-        ));
-    }
     if !args.add.is_empty() && args.initrd.is_none() {
         return Err(Error::DeviceSpec(
             "--add needs --initrd: the files are appended to it as a cpio archive".into(),
@@ -579,6 +571,7 @@ impl Platform {
             channel: self.channel.is_some(),
             cpu_features: args.cpu_features.clone(),
             disks: args.disk.iter().map(|d| absolute_disk(d)).collect(),
+            nets: args.net.clone(),
             transport: args.transport,
         }
     }

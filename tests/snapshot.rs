@@ -704,3 +704,68 @@ fn virtio_blk_requests_in_flight_at_signal_snapshots_complete_exactly_once() {
     );
     let _ = fs::remove_dir_all(&dir);
 }
+
+// ---- virtio-net ------------------------------------------------------------
+
+#[test]
+fn a_linux_snapshot_with_virtio_net_restores_and_the_network_works() {
+    assert!(
+        common::is_root(),
+        "the virtio-net snapshot test needs root (a TAP in a network namespace); CI runs as root"
+    );
+    let ns = common::NetNs::new(&format!("spvm-snap-{}", std::process::id()), "spvmtap-s");
+    let dir = scratch("net");
+    let snap = dir.join("snap");
+    let in_ns = |args: &[String]| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &ns.name])
+            .arg(env!("CARGO_BIN_EXE_splitvm"))
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    };
+    {
+        let (kernel, initrd) = common::guest();
+        let _one = common::ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let o = common::output_retrying_timeout(|| {
+            in_ns(&[
+                "run".into(),
+                "--kernel".into(),
+                kernel.display().to_string(),
+                "--initrd".into(),
+                initrd.display().to_string(),
+                "--net".into(),
+                "tap=spvmtap-s".into(),
+                "--snapshot-on-ready".into(),
+                snap.display().to_string(),
+                "--timeout".into(),
+                "300".into(),
+                "--".into(),
+                "true".into(),
+            ])
+        });
+        assert_eq!(o.status.code(), Some(0), "{}", context(&o));
+    }
+    for i in 0..2 {
+        let o = common::output_retrying_timeout(|| {
+            in_ns(&[
+                "run".into(),
+                "--restore".into(),
+                snap.display().to_string(),
+                "--timeout".into(),
+                "120".into(),
+                "--".into(),
+                "sh".into(),
+                "-c".into(),
+                "ip link set eth0 up && ip addr add 10.0.2.2/24 dev eth0 && \
+                 ping -c 2 -W 10 10.0.2.1 >/dev/null && echo NET-OK"
+                    .into(),
+            ])
+        });
+        assert_eq!(o.status.code(), Some(0), "restore {i}: {}", context(&o));
+        assert_eq!(text(&o.stdout), "NET-OK\n", "restore {i}: {}", context(&o));
+    }
+    let _ = fs::remove_dir_all(&dir);
+}

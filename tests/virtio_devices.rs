@@ -7,49 +7,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use common::{boot_wrapped, is_root, proc_interrupts, run_in_guest, tail};
+use common::{boot_wrapped, is_root, proc_interrupts, run_in_guest, tail, NetNs};
 
 const DISK_MARKER: &str = "SPLITVM-DISK-MARKER-7f3a9c";
 const GUEST_WROTE: &str = "SPLITVM-GUEST-WROTE-5b21e0";
 const WRITE_OFFSET: u64 = 1 << 20;
-
-fn ip(args: &[&str]) {
-    let st = Command::new("ip").args(args).status().expect("run ip");
-    assert!(st.success(), "ip {args:?} failed");
-}
-
-/// A network namespace with a TAP at 10.0.2.1/24, removed on drop.
-struct NetNs {
-    name: String,
-}
-
-impl NetNs {
-    fn new(name: &str, tap: &str) -> NetNs {
-        let _ = Command::new("ip")
-            .args(["netns", "del", name])
-            .stderr(std::process::Stdio::null())
-            .status();
-        ip(&["netns", "add", name]);
-        let ns = NetNs { name: name.into() };
-        ip(&["-n", name, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n", name, "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr",
-        ]);
-        ip(&["-n", name, "addr", "add", "10.0.2.1/24", "dev", tap]);
-        ip(&["-n", name, "link", "set", tap, "up"]);
-        ns
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
 
 fn disk_image(path: &Path) {
     let mut d = vec![0u8; 4 << 20];

@@ -117,6 +117,8 @@ pub struct Machine {
     pub cpu_features: Vec<String>,
     /// `--disk` specs, paths absolute; the files are opened again.
     pub disks: Vec<String>,
+    /// `--net` specs; the TAP devices are opened again by name.
+    pub nets: Vec<String>,
     pub transport: crate::cli::Transport,
 }
 
@@ -132,6 +134,7 @@ impl Machine {
         a.test_devices = self.test_devices;
         a.cpu_features = self.cpu_features.clone();
         a.disk = self.disks.clone();
+        a.net = self.nets.clone();
         a.transport = self.transport;
         // A guest with the channel runs a command: as in `-- CMD`, its
         // console stays out of stdout unless asked for.

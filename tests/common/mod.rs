@@ -248,3 +248,39 @@ pub fn output_retrying_timeout(make: impl Fn() -> Command) -> std::process::Outp
     }
     o
 }
+
+pub fn ip(args: &[&str]) {
+    let st = Command::new("ip").args(args).status().expect("run ip");
+    assert!(st.success(), "ip {args:?} failed");
+}
+
+/// A network namespace with a TAP at 10.0.2.1/24, removed on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(name: &str, tap: &str) -> NetNs {
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        ip(&["netns", "add", name]);
+        let ns = NetNs { name: name.into() };
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n", name, "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr",
+        ]);
+        ip(&["-n", name, "addr", "add", "10.0.2.1/24", "dev", tap]);
+        ip(&["-n", name, "link", "set", tap, "up"]);
+        ns
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}

@@ -43,8 +43,8 @@ use super::worker::{
     QueueRun, WorkerThread,
 };
 use super::{
-    ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt, TYPE_NET, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+    ActivateError, ActiveQueue, QueuePosition, VirtioDevice, VirtioInterrupt, TYPE_NET,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use crate::sync::WarnOnce;
 
@@ -423,7 +423,8 @@ impl NetEngine {
         interrupt.needs_reset();
     }
 
-    fn run(mut self, interrupt: Arc<dyn VirtioInterrupt>, stop: EventFd) {
+    /// The worker's loop; hands the engine (its queues) back when it stops.
+    fn run(mut self, interrupt: Arc<dyn VirtioInterrupt>, stop: EventFd) -> NetEngine {
         let tap_fd = self.tap.as_raw_fd();
         let poller = match Poller::new().and_then(|p| {
             p.add(stop.as_raw_fd(), TOKEN_STOP)?;
@@ -436,7 +437,7 @@ impl NetEngine {
             Err(e) => {
                 log::error!("virtio-net: cannot set up the worker's epoll: {e}");
                 interrupt.needs_reset();
-                return;
+                return self;
             }
         };
         let mut tap_polled = true;
@@ -480,11 +481,11 @@ impl NetEngine {
             let busy = (tx_more && !tx_broken) || (rx_more && !rx_broken);
             if let Err(e) = poller.wait(&mut tokens, if busy { 0 } else { -1 }) {
                 log::error!("virtio-net: epoll wait failed, worker exits: {e}");
-                return;
+                return self;
             }
             for &t in &tokens {
                 match t {
-                    TOKEN_STOP => return,
+                    TOKEN_STOP => return self,
                     TOKEN_RX => {
                         let n = drain_eventfd(&self.rx.notify);
                         self.counters.notifications.fetch_add(n, Ordering::Relaxed);
@@ -518,7 +519,12 @@ pub struct Net {
     config: [u8; CONFIG_LEN],
     counters: Arc<Counters>,
     warned: Arc<WarnOnce>,
-    worker: Option<WorkerThread>,
+    worker: Option<WorkerThread<NetEngine>>,
+    /// While active: the interrupt the worker was started with.
+    interrupt: Option<Arc<dyn VirtioInterrupt>>,
+    /// The engine (queues, a frame read from the tap and not yet
+    /// delivered) a paused worker handed back.
+    paused: Option<NetEngine>,
 }
 
 impl Net {
@@ -547,7 +553,20 @@ impl Net {
             counters: Arc::new(Counters::default()),
             warned: Arc::new(WarnOnce::default()),
             worker: None,
+            interrupt: None,
+            paused: None,
         }
+    }
+
+    /// Start the worker on `engine` with the interrupt of the activation.
+    fn start_worker(&mut self, engine: NetEngine) -> Result<(), ActivateError> {
+        let Some(interrupt) = self.interrupt.clone() else {
+            return Err(ActivateError::Worker("virtio-net is not active".into()));
+        };
+        self.worker = Some(WorkerThread::spawn("virtio-net", move |stop| {
+            engine.run(interrupt, stop)
+        })?);
+        Ok(())
     }
 
     pub fn mac(&self) -> [u8; 6] {
@@ -624,18 +643,43 @@ impl VirtioDevice for Net {
             self.counters.clone(),
             self.warned.clone(),
         );
-        self.worker = Some(WorkerThread::spawn("virtio-net", move |stop| {
-            engine.run(interrupt, stop)
-        })?);
-        Ok(())
+        self.interrupt = Some(interrupt);
+        self.start_worker(engine)
     }
 
     fn reset(&mut self) -> bool {
         if let Some(mut w) = self.worker.take() {
             w.stop();
         }
+        self.interrupt = None;
+        self.paused = None;
         self.acked_features = 0;
         true
+    }
+
+    fn pause(&mut self) -> Result<(), crate::StateError> {
+        if let Some(mut w) = self.worker.take() {
+            self.paused = w.stop();
+        }
+        Ok(())
+    }
+
+    fn resume(&mut self) {
+        if let Some(engine) = self.paused.take() {
+            if let Err(e) = self.start_worker(engine) {
+                log::error!("virtio-net: cannot restart the worker after a snapshot: {e}");
+            }
+        }
+    }
+
+    /// RX and TX positions. A frame the worker read from the tap and had
+    /// not yet delivered is not part of a snapshot: a restored guest never
+    /// sees it, as a network may drop a frame.
+    fn queue_positions(&self) -> Vec<QueuePosition> {
+        self.paused
+            .iter()
+            .flat_map(|e| [QueuePosition::of(&e.rx), QueuePosition::of(&e.tx)])
+            .collect()
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
