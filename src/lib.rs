@@ -13,6 +13,7 @@ pub mod logger;
 pub mod output;
 pub mod runner;
 pub mod seccomp;
+pub mod signals;
 pub mod snapshot;
 pub mod sources;
 pub mod startup;

@@ -284,7 +284,7 @@ pub fn program(kind: ThreadKind, mode: Mode) -> Result<Option<BpfProgram>, Strin
     ) {
         // SAFETY: getpid has no preconditions.
         let pid = unsafe { libc::getpid() } as u64;
-        let kick = crate::vcpu::kick_signal() as u64;
+        let kick = crate::signals::kick_signal() as u64;
         let rule = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, pid)
             .and_then(|a| {
                 SeccompCondition::new(2, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, kick)

@@ -168,12 +168,6 @@ thread_local! {
     static KVM_RUN: Cell<*mut kvm_bindings::kvm_run> = const { Cell::new(std::ptr::null_mut()) };
 }
 
-/// The signal that kicks a vCPU thread out of KVM_RUN (stop requests, a
-/// rising 8259 output); its handler is [`on_kick`].
-pub fn kick_signal() -> libc::c_int {
-    vmm_sys_util::signal::SIGRTMIN()
-}
-
 /// Handler of the kick signal: makes the vCPU on this thread leave KVM_RUN,
 /// or not enter it if it is about to (`immediate_exit`), so a kick sent
 /// just before KVM_RUN is never lost.
@@ -251,7 +245,7 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, mut ctx: VcpuContext) -> VcpuStats {
         // this thread ends, and a late tgkill to a gone tid only fails.
         // SAFETY: getpid/gettid have no preconditions.
         let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
-        let sig = kick_signal();
+        let sig = crate::signals::kick_signal();
         pic.set_kick(move || {
             // SAFETY: tgkill takes plain integers; the worst outcome of a
             // stale tid is ESRCH.

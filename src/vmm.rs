@@ -653,9 +653,11 @@ impl Platform {
         mem: &vm_memory::GuestMemoryMmap,
         snap: SnapshotSetup,
     ) -> Result<Running> {
-        register_signal_handler(vcpu::kick_signal(), vcpu::on_kick).map_err(|e| Error::Setup {
-            what: "signal handler",
-            msg: e.to_string(),
+        register_signal_handler(crate::signals::kick_signal(), vcpu::on_kick).map_err(|e| {
+            Error::Setup {
+                what: "signal handler",
+                msg: e.to_string(),
+            }
         })?;
         for sig in [libc::SIGINT, libc::SIGTERM] {
             register_signal_handler(sig, on_terminate).map_err(|e| Error::Setup {
@@ -1029,7 +1031,7 @@ fn watch(args: &RunArgs, started: Instant, r: &Running, inputs: &ReportInputs) -
             r.snap.pause.resume();
             for h in r.handles.iter().filter(|h| !h.is_finished()) {
                 // SAFETY: the thread is alive (not finished) so its pthread_t is valid.
-                unsafe { libc::pthread_kill(h.as_pthread_t(), vcpu::kick_signal()) };
+                unsafe { libc::pthread_kill(h.as_pthread_t(), crate::signals::kick_signal()) };
             }
         } else {
             let sig = SIGNALLED.load(Ordering::SeqCst);
@@ -1135,7 +1137,7 @@ fn take_snapshot(
     let kick = || {
         for h in r.handles.iter().filter(|h| !h.is_finished()) {
             // SAFETY: the thread is alive (not finished) so its pthread_t is valid.
-            unsafe { libc::pthread_kill(h.as_pthread_t(), vcpu::kick_signal()) };
+            unsafe { libc::pthread_kill(h.as_pthread_t(), crate::signals::kick_signal()) };
         }
     };
     let result = pause
