@@ -183,6 +183,7 @@ const KVM_GET_DEBUGREGS: u64 = 0x8080_aea1;
 const KVM_GET_XSAVE: u64 = 0x9000_aea4;
 const KVM_GET_XCRS: u64 = 0x8188_aea6;
 const KVM_GET_CLOCK: u64 = 0x8030_ae7c;
+const KVM_GET_TSC_KHZ: u64 = 0xaea3;
 
 /// The ioctls each kind may make (none for the others).
 fn ioctls(kind: ThreadKind) -> &'static [u64] {
@@ -208,6 +209,7 @@ fn ioctls(kind: ThreadKind) -> &'static [u64] {
             KVM_GET_DEBUGREGS,
             KVM_GET_XSAVE,
             KVM_GET_XCRS,
+            KVM_GET_TSC_KHZ,
         ],
         // Interrupts raised by the PIT and by virtio-mmio devices' pins.
         ThreadKind::Timer | ThreadKind::VirtioWorker => {
@@ -469,6 +471,7 @@ mod tests {
         assert_eq!(KVM_GET_XCRS, ior(0xa6, size_of::<kvm_xcrs>()));
         assert_eq!(KVM_GET_CLOCK, ior(0x7c, size_of::<kvm_clock_data>()));
         assert_eq!(KVM_GET_REGS, ior(0x81, size_of::<kvm_regs>()));
+        assert_eq!(KVM_GET_TSC_KHZ, 0xae << 8 | 0xa3, "_IO(KVMIO, 0xa3)");
     }
 
     #[test]

@@ -267,6 +267,31 @@ fn bad_snapshots_are_refused_with_one_line_before_any_vcpu_runs() {
     });
     refused(&d, "was taken on another CPU");
 
+    // A TSC rate this host does not have (KVM may scale to it on hosts
+    // with TSC scaling; here, and wherever it cannot, the restore refuses).
+    let d = copy_of_good("tsc");
+    rewrite_state(&d, |v| {
+        let khz = v["vcpus"][0]["tsc_khz"].as_u64().unwrap();
+        v["vcpus"][0]["tsc_khz"] = (khz - 1000).into();
+    });
+    let o = splitvm()
+        .args(["run", "--restore"])
+        .arg(&d)
+        .args(["--serial", "none"])
+        .output()
+        .unwrap();
+    let err = text(&o.stderr);
+    if err.contains("KVM cannot scale it") {
+        refused(&d, "the snapshot's TSC runs at");
+    } else {
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "scaled: the guest passes; {}",
+            context(&o)
+        );
+    }
+
     // A memory file that does not match the guest's memory size.
     let d = copy_of_good("memory");
     let mem = fs::read_dir(&d)

@@ -17,6 +17,9 @@ const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
 #[derive(Serialize, Deserialize)]
 pub struct VcpuState {
     pub id: u32,
+    /// The guest TSC's rate (KVM_GET_TSC_KHZ): the saved TSC values count
+    /// at this rate.
+    pub tsc_khz: u32,
     pub regs: kvm_regs,
     pub sregs: kvm_sregs,
     pub xsave: kvm_xsave,
@@ -65,6 +68,7 @@ impl VcpuState {
     pub fn save(vcpu: &VcpuFd, id: u32, msr_indices: &[u32]) -> Result<VcpuState, String> {
         Ok(VcpuState {
             id,
+            tsc_khz: vcpu.get_tsc_khz().map_err(fail("KVM_GET_TSC_KHZ", id))?,
             regs: vcpu.get_regs().map_err(fail("KVM_GET_REGS", id))?,
             sregs: vcpu.get_sregs().map_err(fail("KVM_GET_SREGS", id))?,
             xsave: vcpu.get_xsave().map_err(fail("KVM_GET_XSAVE", id))?,
@@ -87,6 +91,17 @@ impl VcpuState {
     /// the pending events.
     pub fn restore(&self, vcpu: &VcpuFd) -> Result<(), String> {
         let id = self.id;
+        // The same TSC rate, or KVM scales to it, or the guest's clock
+        // would run off (checked before anything is written).
+        let here = vcpu.get_tsc_khz().map_err(fail("KVM_GET_TSC_KHZ", id))?;
+        if here != self.tsc_khz {
+            vcpu.set_tsc_khz(self.tsc_khz).map_err(|e| {
+                format!(
+                    "vCPU {id}: the snapshot's TSC runs at {} kHz, this host's at {here} kHz, and KVM cannot scale it here (KVM_SET_TSC_KHZ: {e})",
+                    self.tsc_khz
+                )
+            })?;
+        }
         vcpu.set_mp_state(self.mp_state)
             .map_err(fail("KVM_SET_MP_STATE", id))?;
         vcpu.set_regs(&self.regs)
