@@ -40,7 +40,7 @@ use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::worker::{drain_eventfd, drain_queue, BufStream, Chain, Poller, WorkerThread};
+use super::worker::{drain_eventfd, drain_queue, BufStream, Chain, Poller, Worker};
 use super::{
     ActivateError, ActiveQueue, QueuePosition, VirtioDevice, VirtioInterrupt, TYPE_BLOCK,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
@@ -402,12 +402,8 @@ pub struct Block {
     config: [u8; CONFIG_LEN],
     counters: Arc<Counters>,
     warned: Arc<WarnOnce>,
-    worker: Option<WorkerThread<ActiveQueue>>,
-    /// While active: what the worker was started with, to start it again
-    /// after a pause.
-    running: Option<(GuestMemoryMmap, Arc<dyn VirtioInterrupt>)>,
-    /// The queue a paused worker handed back.
-    paused: Option<ActiveQueue>,
+    /// The request engine and its queue, on the worker thread or paused.
+    worker: Worker<(RequestHandler, ActiveQueue)>,
 }
 
 impl Block {
@@ -476,9 +472,7 @@ impl Block {
             config,
             counters: Arc::new(Counters::default()),
             warned: Arc::new(WarnOnce::default()),
-            worker: None,
-            running: None,
-            paused: None,
+            worker: Worker::new("virtio-blk"),
         })
     }
 
@@ -517,28 +511,14 @@ impl Block {
     }
 }
 
-/// The worker's loop; hands the queue back when it stops.
-impl Block {
-    /// Start the worker on `aq` with what the device was activated with.
-    fn start_worker(&mut self, aq: ActiveQueue) -> Result<(), ActivateError> {
-        let Some((mem, interrupt)) = self.running.clone() else {
-            return Err(ActivateError::Worker("virtio-blk is not active".into()));
-        };
-        let handler = self.handler();
-        self.worker = Some(WorkerThread::spawn("virtio-blk", move |stop| {
-            run_worker(handler, mem, aq, interrupt, stop)
-        })?);
-        Ok(())
-    }
-}
-
+/// The worker's loop; hands the engine and queue back when it stops.
 fn run_worker(
     mut handler: RequestHandler,
     mem: GuestMemoryMmap,
     mut aq: ActiveQueue,
     interrupt: Arc<dyn VirtioInterrupt>,
     stop: EventFd,
-) -> ActiveQueue {
+) -> (RequestHandler, ActiveQueue) {
     let poller = match Poller::new().and_then(|p| {
         p.add(stop.as_raw_fd(), TOKEN_STOP)?;
         p.add(aq.notify.as_raw_fd(), TOKEN_QUEUE)?;
@@ -548,7 +528,7 @@ fn run_worker(
         Err(e) => {
             log::error!("virtio-blk: cannot set up the worker's epoll: {e}");
             interrupt.needs_reset();
-            return aq;
+            return (handler, aq);
         }
     };
     let mut tokens = Vec::new();
@@ -577,11 +557,11 @@ fn run_worker(
         let timeout = if pending && !broken { 0 } else { -1 };
         if let Err(e) = poller.wait(&mut tokens, timeout) {
             log::error!("virtio-blk: epoll wait failed, worker exits: {e}");
-            return aq;
+            return (handler, aq);
         }
         for &t in &tokens {
             match t {
-                TOKEN_STOP => return aq,
+                TOKEN_STOP => return (handler, aq),
                 TOKEN_QUEUE => {
                     let n = drain_eventfd(&aq.notify);
                     handler
@@ -631,7 +611,7 @@ impl VirtioDevice for Block {
         mut queues: Vec<ActiveQueue>,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
+        if self.worker.is_active() {
             return Err(ActivateError::Worker("virtio-blk is already active".into()));
         }
         if queues.len() != 1 || queues[0].index != 0 {
@@ -641,37 +621,33 @@ impl VirtioDevice for Block {
         let mut aq = queues.remove(0);
         aq.queue
             .set_event_idx(self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0);
-        self.running = Some((mem, interrupt));
-        self.start_worker(aq)
+        self.worker
+            .start((self.handler(), aq), move |(handler, aq), stop| {
+                run_worker(handler, mem.clone(), aq, interrupt.clone(), stop)
+            })
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(mut w) = self.worker.take() {
-            w.stop();
-        }
-        self.running = None;
-        self.paused = None;
+        self.worker.stop();
         self.acked_features = 0;
         true
     }
 
     fn pause(&mut self) -> Result<(), crate::StateError> {
-        if let Some(mut w) = self.worker.take() {
-            self.paused = w.stop();
-        }
+        self.worker.pause();
         Ok(())
     }
 
     fn resume(&mut self) {
-        if let Some(aq) = self.paused.take() {
-            if let Err(e) = self.start_worker(aq) {
-                log::error!("virtio-blk: cannot restart the worker after a snapshot: {e}");
-            }
-        }
+        self.worker.resume();
     }
 
     fn queue_positions(&self) -> Vec<QueuePosition> {
-        self.paused.iter().map(QueuePosition::of).collect()
+        self.worker
+            .paused()
+            .map(|(_, aq)| QueuePosition::of(aq))
+            .into_iter()
+            .collect()
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {

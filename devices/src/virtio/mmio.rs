@@ -629,7 +629,7 @@ impl MmioTransport {
             if !self.queues[i].ready {
                 continue;
             }
-            let queue = self.build_queue(i).map_err(|why| {
+            let mut queue = self.build_queue(i).map_err(|why| {
                 self.warned.warn(
                     WARN_QUEUE_SIZE,
                     format_args!(
@@ -640,11 +640,7 @@ impl MmioTransport {
                 );
                 ActivateError::BadQueue(i)
             })?;
-            let mut queue = queue;
-            if let Some(p) = at.iter().find(|p| p.index as usize == i) {
-                queue.set_next_avail(p.next_avail);
-                queue.set_next_used(p.next_used);
-            }
+            super::QueuePosition::place(at, i, &mut queue);
             let notify = self.queue_evts[i]
                 .try_clone()
                 .map_err(|e| ActivateError::Worker(e.to_string()))?;
@@ -819,14 +815,8 @@ impl MmioTransport {
 
 impl BusDevice for MmioTransport {
     fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
-        let positions = self.device.queue_positions();
-        if self.active && positions.is_empty() {
-            return Err(crate::StateError::Mismatch(format!(
-                "{} at {:#x} is active but not paused",
-                self.device.name(),
-                self.base
-            )));
-        }
+        let who = format!("{} at {:#x}", self.device.name(), self.base);
+        let positions = super::saved_positions(self.device.as_ref(), self.active, &who)?;
         let s = VirtioMmioState {
             device_features_sel: self.device_features_sel,
             driver_features_sel: self.driver_features_sel,
@@ -845,16 +835,12 @@ impl BusDevice for MmioTransport {
     fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
         let s: VirtioMmioState = s.get("virtio_mmio")?;
         let mismatch = |m: String| crate::StateError::Mismatch(format!("virtio-mmio: {m}"));
-        if s.queues.len() != self.queues.len() {
-            return Err(mismatch(format!(
-                "{} queues saved, {} here",
-                s.queues.len(),
-                self.queues.len()
-            )));
-        }
-        if self.active {
-            return Err(mismatch("restored into an active device".into()));
-        }
+        super::check_restorable(
+            "virtio-mmio",
+            s.queues.len(),
+            self.queues.len(),
+            self.active,
+        )?;
         self.device_features_sel = s.device_features_sel;
         self.driver_features_sel = s.driver_features_sel;
         self.driver_features = s.driver_features & self.device.features();
@@ -878,18 +864,11 @@ impl BusDevice for MmioTransport {
     }
 
     fn pause(&mut self, paused: bool) {
-        if !self.active {
-            return;
-        }
-        if paused {
-            if let Err(e) = self.device.pause() {
-                log::warn!(
-                    "virtio-mmio: {}: cannot pause for a snapshot: {e}",
-                    self.device.name()
-                );
-            }
-        } else {
-            self.device.resume();
+        if let Err(e) = super::pause_device(self.device.as_mut(), self.active, paused) {
+            log::warn!(
+                "virtio-mmio: {}: cannot pause for a snapshot: {e}",
+                self.device.name()
+            );
         }
     }
 

@@ -83,6 +83,71 @@ impl QueuePosition {
     }
 }
 
+impl QueuePosition {
+    /// Start `queue` (index `index`) where `at` says it was, if it names it.
+    pub(crate) fn place(at: &[QueuePosition], index: usize, queue: &mut Queue) {
+        use virtio_queue::QueueT;
+        if let Some(p) = at.iter().find(|p| p.index as usize == index) {
+            queue.set_next_avail(p.next_avail);
+            queue.set_next_used(p.next_used);
+        }
+    }
+}
+
+// The snapshot rules both transports (virtio-pci, virtio-mmio) follow.
+
+/// The queue positions of `device` for its transport's saved state: an
+/// active device must have been paused (it then has them).
+pub(crate) fn saved_positions(
+    device: &dyn VirtioDevice,
+    active: bool,
+    who: &str,
+) -> Result<Vec<QueuePosition>, crate::StateError> {
+    let positions = device.queue_positions();
+    if active && positions.is_empty() {
+        return Err(crate::StateError::Mismatch(format!(
+            "{who} is active but not paused"
+        )));
+    }
+    Ok(positions)
+}
+
+/// A transport state saved with `saved_queues` queues may be put into one
+/// with `queues`: the same number, and not active yet.
+pub(crate) fn check_restorable(
+    who: &str,
+    saved_queues: usize,
+    queues: usize,
+    active: bool,
+) -> Result<(), crate::StateError> {
+    let mismatch = |m: String| crate::StateError::Mismatch(format!("{who}: {m}"));
+    if saved_queues != queues {
+        return Err(mismatch(format!(
+            "{saved_queues} queues saved, {queues} here"
+        )));
+    }
+    if active {
+        return Err(mismatch("restored into an active device".into()));
+    }
+    Ok(())
+}
+
+/// Pause (or resume) an active device's worker for a snapshot.
+pub(crate) fn pause_device(
+    device: &mut dyn VirtioDevice,
+    active: bool,
+    paused: bool,
+) -> Result<(), crate::StateError> {
+    match (active, paused) {
+        (false, _) => Ok(()),
+        (true, true) => device.pause(),
+        (true, false) => {
+            device.resume();
+            Ok(())
+        }
+    }
+}
+
 /// A ready queue handed to the device on activation.
 pub struct ActiveQueue {
     /// Queue index as the guest numbers it.

@@ -40,7 +40,7 @@ use super::block::read_config_bytes;
 use super::tap::{Tap, TapError, VNET_HDR_LEN};
 use super::worker::{
     drain_eventfd, drain_queue, pop_chain, walk_chain, BufStream, Chain, ChainError, Poller,
-    QueueRun, WorkerThread,
+    QueueRun, Worker,
 };
 use super::{
     ActivateError, ActiveQueue, QueuePosition, VirtioDevice, VirtioInterrupt, TYPE_NET,
@@ -519,12 +519,9 @@ pub struct Net {
     config: [u8; CONFIG_LEN],
     counters: Arc<Counters>,
     warned: Arc<WarnOnce>,
-    worker: Option<WorkerThread<NetEngine>>,
-    /// While active: the interrupt the worker was started with.
-    interrupt: Option<Arc<dyn VirtioInterrupt>>,
     /// The engine (queues, a frame read from the tap and not yet
-    /// delivered) a paused worker handed back.
-    paused: Option<NetEngine>,
+    /// delivered), on the worker thread or paused.
+    worker: Worker<NetEngine>,
 }
 
 impl Net {
@@ -552,21 +549,8 @@ impl Net {
             config,
             counters: Arc::new(Counters::default()),
             warned: Arc::new(WarnOnce::default()),
-            worker: None,
-            interrupt: None,
-            paused: None,
+            worker: Worker::new("virtio-net"),
         }
-    }
-
-    /// Start the worker on `engine` with the interrupt of the activation.
-    fn start_worker(&mut self, engine: NetEngine) -> Result<(), ActivateError> {
-        let Some(interrupt) = self.interrupt.clone() else {
-            return Err(ActivateError::Worker("virtio-net is not active".into()));
-        };
-        self.worker = Some(WorkerThread::spawn("virtio-net", move |stop| {
-            engine.run(interrupt, stop)
-        })?);
-        Ok(())
     }
 
     pub fn mac(&self) -> [u8; 6] {
@@ -618,7 +602,7 @@ impl VirtioDevice for Net {
         queues: Vec<ActiveQueue>,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
+        if self.worker.is_active() {
             return Err(ActivateError::Worker("virtio-net is already active".into()));
         }
         let mut rx = None;
@@ -643,41 +627,33 @@ impl VirtioDevice for Net {
             self.counters.clone(),
             self.warned.clone(),
         );
-        self.interrupt = Some(interrupt);
-        self.start_worker(engine)
+        self.worker.start(engine, move |engine, stop| {
+            engine.run(interrupt.clone(), stop)
+        })
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(mut w) = self.worker.take() {
-            w.stop();
-        }
-        self.interrupt = None;
-        self.paused = None;
+        self.worker.stop();
         self.acked_features = 0;
         true
     }
 
     fn pause(&mut self) -> Result<(), crate::StateError> {
-        if let Some(mut w) = self.worker.take() {
-            self.paused = w.stop();
-        }
+        self.worker.pause();
         Ok(())
     }
 
     fn resume(&mut self) {
-        if let Some(engine) = self.paused.take() {
-            if let Err(e) = self.start_worker(engine) {
-                log::error!("virtio-net: cannot restart the worker after a snapshot: {e}");
-            }
-        }
+        self.worker.resume();
     }
 
     /// RX and TX positions. A frame the worker read from the tap and had
     /// not yet delivered is not part of a snapshot: a restored guest never
     /// sees it, as a network may drop a frame.
     fn queue_positions(&self) -> Vec<QueuePosition> {
-        self.paused
-            .iter()
+        self.worker
+            .paused()
+            .into_iter()
             .flat_map(|e| [QueuePosition::of(&e.rx), QueuePosition::of(&e.tx)])
             .collect()
     }

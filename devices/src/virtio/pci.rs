@@ -572,10 +572,7 @@ impl VirtioPciDevice {
                     .try_set_used_ring_address(GuestAddress(r.device))
                     .is_ok();
             queue.set_ready(true);
-            if let Some(p) = at.iter().find(|p| p.index as usize == i) {
-                queue.set_next_avail(p.next_avail);
-                queue.set_next_used(p.next_used);
-            }
+            super::QueuePosition::place(at, i, &mut queue);
             if !ok || !queue.is_valid(&self.mem) {
                 return self.fail(&format!(
                     "queue {i}: size {} or rings {:#x}/{:#x}/{:#x} invalid",
@@ -748,13 +745,7 @@ impl PciDevice for VirtioPciDevice {
     }
 
     fn save_state(&self) -> Result<crate::DeviceState, crate::StateError> {
-        let positions = self.device.queue_positions();
-        if self.active && positions.is_empty() {
-            return Err(crate::StateError::Mismatch(format!(
-                "{} is active but not paused",
-                self.name
-            )));
-        }
+        let positions = super::saved_positions(self.device.as_ref(), self.active, &self.name)?;
         let s = VirtioPciState {
             config: self.config.registers(),
             device_feature_select: self.device_feature_select,
@@ -780,15 +771,13 @@ impl PciDevice for VirtioPciDevice {
         let s: VirtioPciState = s.get("virtio_pci")?;
         let name = self.name.clone();
         let mismatch = |m: String| crate::StateError::Mismatch(format!("{name}: {m}"));
-        if s.queues.len() != self.queues.len() || s.queue_vectors.len() != self.queues.len() {
+        super::check_restorable(&name, s.queues.len(), self.queues.len(), self.active)?;
+        if s.queue_vectors.len() != self.queues.len() {
             return Err(mismatch(format!(
-                "{} queues saved, {} here",
-                s.queues.len(),
+                "{} queue vectors saved for {} queues",
+                s.queue_vectors.len(),
                 self.queues.len()
             )));
-        }
-        if self.active {
-            return Err(mismatch("restored into an active device".into()));
         }
         self.config.set_registers(&s.config)?;
         self.shared.msix.restore(&s.msix)?;
@@ -830,15 +819,7 @@ impl PciDevice for VirtioPciDevice {
     }
 
     fn pause(&mut self, paused: bool) -> Result<(), crate::StateError> {
-        if !self.active {
-            return Ok(());
-        }
-        if paused {
-            self.device.pause()
-        } else {
-            self.device.resume();
-            Ok(())
-        }
+        super::pause_device(self.device.as_mut(), self.active, paused)
     }
 
     fn bar_moved(&mut self, bar: usize, _old: Option<u64>, new: Option<u64>) {

@@ -19,6 +19,7 @@ use std::io;
 use std::num::Wrapping;
 use std::os::unix::io::RawFd;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use virtio_queue::{DescriptorChain, Queue, QueueT};
@@ -81,6 +82,94 @@ impl<T: Send + 'static> WorkerThread<T> {
 impl<T: Send + 'static> Drop for WorkerThread<T> {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A device's worker across snapshot pauses: the running thread, or what
+/// a paused one handed back (its queues and whatever else it carries), and
+/// the loop to start again on it. One owner for the thread-or-state pair
+/// every device with a worker would otherwise keep itself.
+pub struct Worker<T: Send + 'static> {
+    name: &'static str,
+    body: Option<Arc<WorkerBody<T>>>,
+    thread: Option<WorkerThread<T>>,
+    paused: Option<T>,
+}
+
+/// A worker's loop: runs on `T` until the stop eventfd is readable, then
+/// hands `T` back.
+type WorkerBody<T> = dyn Fn(T, EventFd) -> T + Send + Sync;
+
+impl<T: Send + 'static> Worker<T> {
+    /// No worker yet; its thread will be called `name`.
+    pub fn new(name: &'static str) -> Self {
+        Worker {
+            name,
+            body: None,
+            thread: None,
+            paused: None,
+        }
+    }
+
+    /// Running, or paused for a snapshot.
+    pub fn is_active(&self) -> bool {
+        self.thread.is_some() || self.paused.is_some()
+    }
+
+    /// Start `body` on `state` (device activation).
+    pub fn start(
+        &mut self,
+        state: T,
+        body: impl Fn(T, EventFd) -> T + Send + Sync + 'static,
+    ) -> Result<(), ActivateError> {
+        self.body = Some(Arc::new(body));
+        self.spawn(state)
+    }
+
+    fn spawn(&mut self, state: T) -> Result<(), ActivateError> {
+        let Some(body) = self.body.clone() else {
+            return Err(ActivateError::Worker(format!(
+                "{} is not active",
+                self.name
+            )));
+        };
+        self.thread = Some(WorkerThread::spawn(self.name, move |stop| {
+            body(state, stop)
+        })?);
+        Ok(())
+    }
+
+    /// Stop the thread at its next check and keep what it hands back.
+    pub fn pause(&mut self) {
+        if let Some(mut t) = self.thread.take() {
+            self.paused = t.stop();
+        }
+    }
+
+    /// Start the loop again on what a pause kept.
+    pub fn resume(&mut self) {
+        if let Some(state) = self.paused.take() {
+            if let Err(e) = self.spawn(state) {
+                log::error!(
+                    "{}: cannot restart the worker after a snapshot: {e}",
+                    self.name
+                );
+            }
+        }
+    }
+
+    /// What a paused worker handed back.
+    pub fn paused(&self) -> Option<&T> {
+        self.paused.as_ref()
+    }
+
+    /// Stop for good (device reset): nothing is kept.
+    pub fn stop(&mut self) {
+        if let Some(mut t) = self.thread.take() {
+            t.stop();
+        }
+        self.paused = None;
+        self.body = None;
     }
 }
 
