@@ -193,15 +193,25 @@ impl GsiRouter {
         if !changed {
             return Ok(());
         }
-        // A GSI losing its route stops being signalled before KVM drops it.
-        for gsi in routes.keys().filter(|g| !next.contains_key(g)) {
+        self.install(&mut routes, next)
+    }
+
+    /// Push `next` to KVM and make it `current`. A GSI losing its route
+    /// stops being signalled before KVM drops it. On a KVM error `current`
+    /// stays as it was.
+    fn install(
+        &self,
+        current: &mut BTreeMap<u32, MsiMessage>,
+        next: BTreeMap<u32, MsiMessage>,
+    ) -> std::result::Result<(), InterruptError> {
+        for gsi in current.keys().filter(|g| !next.contains_key(g)) {
             self.mark(*gsi, false);
         }
         self.push(&next)?;
         for gsi in next.keys() {
             self.mark(*gsi, true);
         }
-        *routes = next;
+        *current = next;
         Ok(())
     }
 
@@ -242,16 +252,7 @@ impl GsiRouter {
         if let Some(g) = next.keys().find(|g| **g as usize >= MAX_GSIS) {
             return Err(InterruptError::GsiOutOfRange(*g));
         }
-        let mut cur = lock(&self.routes);
-        for gsi in cur.keys().filter(|g| !next.contains_key(g)) {
-            self.mark(*gsi, false);
-        }
-        self.push(&next)?;
-        for gsi in next.keys() {
-            self.mark(*gsi, true);
-        }
-        *cur = next;
-        Ok(())
+        self.install(&mut lock(&self.routes), next)
     }
 }
 
