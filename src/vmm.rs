@@ -233,11 +233,12 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         msg,
     })?;
     // A restore checks its snapshot first: the machine is the snapshot's.
-    let (kvm, supported, restore, machine_args);
+    let (kvm, supported, host_cpu, restore, machine_args);
     let (args, (mem_size, serial_dest)) = if let Some(dir) = &args.restore {
         kvm = vm::open_kvm()?;
         supported = supported_cpuid(&kvm)?;
-        let l = snapshot::load(dir, &HostCpu::of(&supported))?;
+        host_cpu = HostCpu::of(&supported);
+        let l = snapshot::load(dir, &host_cpu)?;
         machine_args = l.state.machine.apply(args);
         check_restore(&l, &machine_args)?;
         restore = Some(l);
@@ -246,6 +247,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         let checked = check_args(args)?;
         kvm = vm::open_kvm()?;
         supported = supported_cpuid(&kvm)?;
+        host_cpu = HostCpu::of(&supported);
         restore = None;
         (args, checked)
     };
@@ -308,7 +310,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     };
     let snap = SnapshotSetup {
         vm: vm_fd.clone(),
-        host: HostCpu::of(&supported),
+        host: host_cpu,
         machine: platform.machine(args, mem_size),
         pause: Arc::new(Pause::new(vcpus.len(), msr_indices)),
     };

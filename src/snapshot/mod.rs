@@ -9,9 +9,10 @@
 //! - `memory-<id>`: guest RAM, regions back to back, written sparsely
 //!   (all-zero pages stay holes), named in the state.
 //!
-//! Writing: the memory file under its new name, then `state.json.tmp`,
-//! renamed over `state.json`; the old memory file goes last. So a reader
-//! sees the old snapshot or the new one, never half of one.
+//! Writing: the memory file under its new name, then `state.json.tmp-<id>`,
+//! renamed over `state.json`; then every other memory file (the replaced
+//! snapshot's, or one a failed write left) is deleted. So a reader sees
+//! the old snapshot or the new one, never half of one.
 //! Restoring maps the memory file MAP_PRIVATE: restores of one snapshot
 //! share its pages in the page cache, and the file is never written.
 
@@ -22,7 +23,6 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use kvm_bindings::kvm_clock_data;
 use serde::{Deserialize, Serialize};
@@ -229,7 +229,6 @@ fn write_memory(mem: &GuestMemoryMmap, file: &File) -> std::io::Result<u64> {
 /// replacing any snapshot there only once the new one is complete.
 pub fn write(dir: &Path, mut state: VmState, mem: &GuestMemoryMmap) -> Result<Written> {
     std::fs::create_dir_all(dir).map_err(write_err(dir))?;
-    let old = read_state_file(dir).ok().map(|s| s.memory_file);
     let id = format!(
         "{:x}{:x}",
         std::process::id(),
@@ -261,8 +260,17 @@ pub fn write(dir: &Path, mut state: VmState, mem: &GuestMemoryMmap) -> Result<Wr
     drop(f);
     let final_path = dir.join(STATE_FILE);
     std::fs::rename(&tmp, &final_path).map_err(write_err(&final_path))?;
-    if let Some(old) = old.filter(|o| *o != state.memory_file) {
-        let _ = std::fs::remove_file(dir.join(old));
+    // Now that the new state names the new memory file, no other one is
+    // used: the replaced snapshot's, or files a write that failed left.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let stale_memory = name.starts_with("memory-") && name != state.memory_file.as_str();
+            if stale_memory || name.starts_with(&format!("{STATE_FILE}.tmp-")) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
     Ok(Written {
         state_bytes: (head.len() + body.len()) as u64,
@@ -418,11 +426,4 @@ impl Loaded {
         }
         GuestMemoryMmap::from_regions(regions).map_err(|e| map_err(e.to_string()))
     }
-}
-
-/// Time a closure, for the snapshot's log line.
-pub fn timed<T>(f: impl FnOnce() -> T) -> (T, std::time::Duration) {
-    let t = Instant::now();
-    let v = f();
-    (v, t.elapsed())
 }
