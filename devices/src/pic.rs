@@ -223,9 +223,18 @@ impl Pic {
 
     /// Put back saved registers; the INT output follows from them (a
     /// request pending at the snapshot kicks vCPU 0 again once it runs).
+    /// Fields wider than the registers they model (a snapshot edited by
+    /// hand) are cut to the register's width, as the chip would hold them.
     pub fn restore(&self, s: &PicState) {
         let mut c = lock(&self.chips);
         *c = s.clone();
+        for (chip, mask) in c.iter_mut().zip(ELCR_MASK) {
+            chip.elcr &= mask;
+            chip.priority_add &= 7;
+            if chip.init_state > 3 {
+                chip.init_state = 0;
+            }
+        }
         self.update(&mut c);
     }
 

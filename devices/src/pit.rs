@@ -550,6 +550,26 @@ impl PitState {
         }
     }
 
+    /// Every count within what a guest could have programmed: modes 0-7,
+    /// access 1-3, counts 1..=modulus.
+    fn check(&self) -> Result<(), String> {
+        for (i, c) in self.counters.iter().enumerate() {
+            let m = c.modulus();
+            let count_ok = |n: i64| (1..=m).contains(&n);
+            let ok = c.mode_raw <= 7
+                && (1..=3).contains(&c.access)
+                && c.seq.is_none_or(|s| count_ok(s.n))
+                && c.pending.is_none_or(|(_, s)| count_ok(s.n))
+                && c.cr.is_none_or(count_ok);
+            if !ok {
+                return Err(format!(
+                    "PIT counter {i}: mode, access or count out of range"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn read_port61(&mut self, now: Instant) -> u8 {
         self.refresh = !self.refresh;
         let c = &mut self.counters[2];
@@ -733,7 +753,10 @@ impl Pit {
 
     /// Put back a saved state: the clocks go on from their saved counts
     /// now, and the timer thread recomputes its deadline.
-    pub fn restore(&self, s: &PitSnapshot) {
+    /// A state whose counts are out of range (a snapshot edited by hand)
+    /// is refused: the timer thread divides by them.
+    pub fn restore(&self, s: &PitSnapshot) -> Result<(), crate::StateError> {
+        s.0.check().map_err(crate::StateError::Mismatch)?;
         let now = self.shared.clock.now();
         {
             let mut st = lock(&self.shared.state);
@@ -745,6 +768,7 @@ impl Pit {
             st.generation = generation;
         }
         self.shared.wake.notify_all();
+        Ok(())
     }
 
     fn set_paused(&self, paused: bool) {
@@ -763,8 +787,7 @@ impl BusDevice for Pit {
     }
 
     fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
-        Pit::restore(self, &s.get("pit")?);
-        Ok(())
+        Pit::restore(self, &s.get("pit")?)
     }
 
     fn pause(&mut self, paused: bool) {
@@ -952,7 +975,7 @@ mod tests {
         // A new PIT, its clock elsewhere in time: the count is where it was.
         let mut b = rig();
         b.clock.advance(Duration::from_secs(7));
-        b.pit.restore(&saved);
+        b.pit.restore(&saved).unwrap();
         assert_eq!(b.latched16(0), before);
         b.poll();
         assert_eq!(
@@ -967,6 +990,10 @@ mod tests {
         b.poll();
         assert_eq!(b.out.count(), 1, "the next period ends on time");
         assert_eq!(b.status(0) & 0x0e, 0x04, "mode 2 kept");
+        // A count no guest could program (a snapshot edited by hand).
+        let mut bad = saved.clone();
+        bad.0.counters[0].seq = Some(Seq { origin: 0, n: 0 });
+        assert!(b.pit.restore(&bad).is_err());
     }
 
     #[test]
