@@ -50,35 +50,15 @@ kernel, initrd = os.environ["BENCH_KERNEL"], os.environ["BENCH_INITRD"]
 restores, boots = int(os.environ["BENCH_RESTORES"]), int(os.environ["BENCH_BOOTS"])
 report = os.path.join(tmp, "report.json")
 
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
+sys.path.insert(0, "scripts")
+from benchlib import loadavg, launch as launch_argv, waitstatus
 
 def launch(args, stderr_path=None):
-    """fork; the child reads CLOCK_MONOTONIC right before execve().
+    """Run splitvm with `args` to its end.
     Returns (exit code, t_exec_ns, t_reaped_ns)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            devnull = os.open(os.devnull, os.O_RDWR)
-            os.dup2(devnull, 0)
-            os.dup2(devnull, 1)
-            err = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC) if stderr_path else devnull
-            os.dup2(err, 2)
-            t = time.monotonic_ns()
-            os.write(w, str(t).encode())
-            os.execv(binary, [binary] + args)
-        finally:
-            os._exit(127)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 64):
-        data += chunk
-    os.close(r)
-    _, st = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(st), int(data), time.monotonic_ns()
+    pid, t0 = launch_argv([binary] + args, stderr_path)
+    code = waitstatus(pid)
+    return code, t0, time.monotonic_ns()
 
 def row(label, unit, xs, scale=1.0):
     xs = [x / scale for x in xs]

@@ -85,37 +85,13 @@ hello, kernel, initrd = os.environ["BENCH_HELLO"], os.environ["BENCH_KERNEL"], o
 report = os.path.join(tmp, "report.json")
 rt = os.environ["BENCH_RT"] == "1"
 
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
+sys.path.insert(0, "scripts")
+from benchlib import loadavg, launch as launch_argv, waitstatus
 
 def launch(args):
-    """fork; the child reads CLOCK_MONOTONIC right before execve(). Returns (pid, t_exec_ns)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
-            if rt:
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
-            t = time.monotonic_ns()
-            os.write(w, str(t).encode())
-            os.execv(binary, [binary] + args + os.environ.get("BENCH_EXTRA", "").split())
-        finally:
-            os._exit(127)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 64):
-        data += chunk
-    os.close(r)
-    return pid, int(data)
-
-def waitstatus(pid):
-    _, st = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(st)
+    """splitvm with `args` (and SPLITVM_ARGS). Returns (pid, t_exec_ns)."""
+    extra = os.environ.get("BENCH_EXTRA", "").split()
+    return launch_argv([binary] + args + extra, sched_fifo=rt)
 
 def stats(xs):
     return statistics.median(xs), min(xs), max(xs)
