@@ -510,23 +510,26 @@ fn a_manifest_runs_its_cases_from_a_snapshot() {
     let _ = fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn a_snapshot_taken_by_signal_mid_command_finishes_that_command_when_restored() {
-    let snap = linux_snapshot(1);
-    let dir = scratch("signal");
-    let sig_snap = dir.join("mid");
+/// Restore `snap` running `argv` with `--snapshot-on-signal mid`; once the
+/// command has printed "start", send SIGUSR1 after each of `waits_ms`.
+/// Returns splitvm's output and everything the command printed.
+fn restore_and_signal(
+    snap: &Path,
+    mid: &Path,
+    argv: &[&str],
+    waits_ms: &[u64],
+) -> (Output, String) {
     let mut child = splitvm()
         .args(["run", "--restore"])
-        .arg(&snap)
+        .arg(snap)
         .arg("--snapshot-on-signal")
-        .arg(&sig_snap)
+        .arg(mid)
         .args(["--timeout", "300", "--"])
-        .args(["sh", "-c", "echo start; sleep 4; echo slept; exit 4"])
+        .args(argv)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait for the command to start, then snapshot it while it sleeps.
     let mut stdout = child.stdout.take().unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let reader = {
@@ -546,15 +549,32 @@ fn a_snapshot_taken_by_signal_mid_command_finishes_that_command_when_restored() 
     while !seen.lock().unwrap().contains("start") && t.elapsed() < Duration::from_secs(120) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(300));
-    // SAFETY: kill with a valid pid and signal.
-    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    for &wait in waits_ms {
+        std::thread::sleep(Duration::from_millis(wait));
+        // SAFETY: kill with a valid pid and signal.
+        unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    }
+    eprintln!("[snapshot] by signal after {:?}", t.elapsed());
     let o = child.wait_with_output().unwrap();
     reader.join().unwrap();
+    let out = seen.lock().unwrap().clone();
+    (o, out)
+}
+
+#[test]
+fn a_snapshot_taken_by_signal_mid_command_finishes_that_command_when_restored() {
+    let snap = linux_snapshot(1);
+    let dir = scratch("signal");
+    let sig_snap = dir.join("mid");
+    let (o, out) = restore_and_signal(
+        &snap,
+        &sig_snap,
+        &["sh", "-c", "echo start; sleep 4; echo slept; exit 4"],
+        &[300],
+    );
     assert_eq!(o.status.code(), Some(4), "{}", context(&o));
-    assert_eq!(*seen.lock().unwrap(), "start\nslept\n");
+    assert_eq!(out, "start\nslept\n");
     assert!(sig_snap.join("state.json").is_file(), "{}", context(&o));
-    eprintln!("[snapshot] by signal after {:?}", t.elapsed());
 
     // The command is not run again: only its end is left.
     let o = splitvm()
@@ -669,43 +689,7 @@ fn virtio_blk_requests_in_flight_at_signal_snapshots_complete_exactly_once() {
         "echo start; i=0; while [ $i -lt 8 ]; do echo 3 > /proc/sys/vm/drop_caches; \
          {READ_2M} >> /tmp/sums; i=$((i+1)); done; sort -u /tmp/sums; wc -l < /tmp/sums; exit 7"
     );
-    let mut child = splitvm()
-        .args(["run", "--restore"])
-        .arg(&snap)
-        .arg("--snapshot-on-signal")
-        .arg(&mid)
-        .args(["--timeout", "300", "--", "sh", "-c", &cmd])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let reader = {
-        let seen = seen.clone();
-        std::thread::spawn(move || {
-            use std::io::Read;
-            let mut b = [0u8; 256];
-            while let Ok(n) = stdout.read(&mut b) {
-                if n == 0 {
-                    break;
-                }
-                seen.lock().unwrap().push_str(&text(&b[..n]));
-            }
-        })
-    };
-    let t = Instant::now();
-    while !seen.lock().unwrap().contains("start") && t.elapsed() < Duration::from_secs(120) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for wait in [1500, 1300] {
-        std::thread::sleep(Duration::from_millis(wait));
-        // SAFETY: kill with a valid pid and signal.
-        unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
-    }
-    let o = child.wait_with_output().unwrap();
-    reader.join().unwrap();
-    let out = seen.lock().unwrap().clone();
+    let (o, out) = restore_and_signal(&snap, &mid, &["sh", "-c", &cmd], &[1500, 1300]);
     assert_eq!(o.status.code(), Some(7), "{out}\n{}", context(&o));
     assert_eq!(out, format!("start\n{want}  -\n8\n"), "{}", context(&o));
     assert!(mid.join("state.json").is_file());

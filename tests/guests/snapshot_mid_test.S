@@ -69,6 +69,13 @@ until:
     pop %ebx
     ret
 
+/* more_ticks(eax = n): until() n more PIT ticks. */
+more_ticks:
+    mov %eax, %edx
+    add irq_count + 4 * VEC_PIT, %edx
+    mov $(irq_count + 4 * VEC_PIT), %eax
+    jmp until
+
 .globl test_main
 test_main:
     push %ebx
@@ -154,10 +161,8 @@ test_main:
     mov $1, %edx
     call until
     EXPECT_EQ %eax, $0, 5, "the LAPIC timer armed before the snapshot fires"
-    mov irq_count + 4 * VEC_PIT, %edx
-    add $5, %edx
-    mov $(irq_count + 4 * VEC_PIT), %eax
-    call until
+    mov $5, %eax
+    call more_ticks
     EXPECT_EQ %eax, $0, 6, "the periodic PIT keeps ticking"
 
     /* 3. The masked pin, line still high: delivered on unmask. */
@@ -169,10 +174,8 @@ test_main:
     EXPECT_EQ %eax, $0, 7, "the masked level pin is delivered on unmask"
 
     /* 4. Nothing more. */
-    mov irq_count + 4 * VEC_PIT, %edx
-    add $10, %edx
-    mov $(irq_count + 4 * VEC_PIT), %eax
-    call until
+    mov $10, %eax
+    call more_ticks
     EXPECT_EQ %eax, $0, 8, "10 more PIT ticks"
     EXPECT_EQ irq_count+4*VEC_LEVEL, $1, 9, "the level interrupt was taken exactly once"
     EXPECT_EQ irq_count+4*VEC_TIMER, $1, 10, "the one-shot LAPIC timer fired exactly once"
