@@ -345,6 +345,17 @@ fn restore_conflicts_with_options_that_shape_the_machine() {
 
 // ---- the project's Linux guest ----------------------------------------
 
+/// `splitvm test MANIFEST --output OUT`.
+fn run_manifest(manifest: &Path, out: &Path) -> Output {
+    splitvm()
+        .arg("test")
+        .arg(manifest)
+        .arg("--output")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
 /// A snapshot of the Linux guest at its agent's ready with `cpus` vCPUs,
 /// taken once per test binary. The 1-vCPU one is taken by `splitvm test`
 /// itself from a manifest naming a snapshot directory that does not exist
@@ -372,13 +383,7 @@ fn linux_snapshot(cpus: u32) -> PathBuf {
                 ),
             )
             .unwrap();
-            let o = splitvm()
-                .arg("test")
-                .arg(&manifest)
-                .arg("--output")
-                .arg(dir.join("out"))
-                .output()
-                .unwrap();
+            let o = run_manifest(&manifest, &dir.join("out"));
             let out = text(&o.stdout);
             assert_eq!(o.status.code(), Some(0), "{}", context(&o));
             assert!(out.contains("taking snapshot"), "{out}");
@@ -492,13 +497,7 @@ fn a_manifest_runs_its_cases_from_a_snapshot() {
         ),
     )
     .unwrap();
-    let o = splitvm()
-        .arg("test")
-        .arg(&manifest)
-        .arg("--output")
-        .arg(dir.join("out"))
-        .output()
-        .unwrap();
+    let o = run_manifest(&manifest, &dir.join("out"));
     let out = text(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "{}", context(&o));
     assert!(!out.contains("taking snapshot"), "it exists: {out}");
