@@ -226,7 +226,7 @@ pub struct RunArgs {
     /// Start from the snapshot in DIR instead of booting: the machine
     /// (vCPUs, memory, devices) is the snapshot's; with `-- CMD` the
     /// restored guest's agent runs CMD.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "cpus", "memory", "initrd", "cmdline", "add", "disk", "net", "test_devices", "no_pit", "no_acpi", "no_mptable", "cpu_features", "pvh", "entry", "disable_exits"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "cpus", "memory", "initrd", "cmdline", "add", "disk", "net", "transport", "test_devices", "no_pit", "no_acpi", "no_mptable", "cpu_features", "pvh", "entry", "disable_exits"])]
     pub restore: Option<PathBuf>,
     /// Run this command in the guest (through the splitvm agent of the
     /// initramfs, docs/ci-runner.md), stream its stdout and stderr, and exit

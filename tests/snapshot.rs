@@ -333,14 +333,28 @@ fn bad_snapshots_are_refused_with_one_line_before_any_vcpu_runs() {
 
 #[test]
 fn restore_conflicts_with_options_that_shape_the_machine() {
-    let o = splitvm()
-        .args(["run", "--restore", "/nonexistent", "--kernel", "/bin/true"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    let err = text(&o.stderr);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("--kernel"), "{err}");
+    // Every option that shapes a machine is the snapshot's to say: each one
+    // given with --restore is refused by name, before anything runs.
+    for opt in [
+        &["--kernel", "/bin/true"][..],
+        &["--cpus", "2"],
+        &["--memory", "256M"],
+        &["--transport", "mmio"],
+        &["--transport", "pci"],
+        &["--disk", "/dev/null"],
+        &["--no-pit"],
+        &["--test-devices"],
+    ] {
+        let o = splitvm()
+            .args(["run", "--restore", "/nonexistent"])
+            .args(opt)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{opt:?}");
+        let err = text(&o.stderr);
+        assert_eq!(err.lines().count(), 1, "{opt:?}: {err}");
+        assert!(err.contains(opt[0]), "{opt:?}: {err}");
+    }
 }
 
 // ---- the project's Linux guest ----------------------------------------
