@@ -139,11 +139,23 @@ mod tests {
     use super::*;
     use devices::MsiMessage;
 
-    fn chip() -> Arc<SplitIrqChip> {
+    fn chip_and_vm() -> (Arc<SplitIrqChip>, Arc<VmFd>) {
         let kvm = crate::vm::open_kvm().expect("/dev/kvm (these tests need KVM)");
         let mem = crate::vm::guest_memory(16 << 20).unwrap();
         let vm = Arc::new(crate::vm::create_vm(&kvm, &mem).unwrap());
-        SplitIrqChip::new(vm).unwrap()
+        (SplitIrqChip::new(vm.clone()).unwrap(), vm)
+    }
+
+    fn chip() -> Arc<SplitIrqChip> {
+        chip_and_vm().0
+    }
+
+    /// Whether `vector` is pending in the LAPIC's IRR (KVM_GET_LAPIC).
+    fn in_irr(vcpu: &kvm_ioctls::VcpuFd, vector: u8) -> bool {
+        let l = vcpu.get_lapic().unwrap();
+        let at = 0x200 + usize::from(vector / 32) * 0x10;
+        let word = u32::from_le_bytes(std::array::from_fn(|i| l.regs[at + i] as u8));
+        word >> (vector % 32) & 1 == 1
     }
 
     #[test]
@@ -154,12 +166,40 @@ mod tests {
     }
 
     #[test]
-    fn every_pin_has_a_route_from_the_start_and_signalling_it_works() {
+    fn every_pin_has_a_route_from_the_start() {
         let c = chip();
+        let table = c.router.table();
+        for gsi in 0..devices::interrupt::IOAPIC_PINS as u32 {
+            assert!(table.iter().any(|(g, _)| *g == gsi), "pin {gsi}");
+        }
+    }
+
+    #[test]
+    fn signalling_a_pin_route_delivers_its_vector_to_the_lapic() {
+        let (c, vm) = chip_and_vm();
+        let vcpu = vm.create_vcpu(0).unwrap();
+        // Software-enable the LAPIC (SVR bit 8): a disabled one drops
+        // fixed interrupts.
+        let mut l = vcpu.get_lapic().unwrap();
+        l.regs[0xf1] |= 1;
+        vcpu.set_lapic(&l).unwrap();
         let r = c.routing();
         for gsi in 0..devices::interrupt::IOAPIC_PINS as u32 {
+            let vector = 0x40 + gsi as u8;
+            assert!(!in_irr(&vcpu, vector));
+            let m = MsiMessage::compose(0, false, 0, vector, false);
+            r.set_route(gsi, Some(m)).unwrap();
             r.signal(gsi).unwrap_or_else(|e| panic!("pin {gsi}: {e}"));
+            assert!(
+                in_irr(&vcpu, vector),
+                "pin {gsi}: vector {vector:#x} not in IRR"
+            );
         }
+        // A route to another APIC ID reaches no vCPU of this VM.
+        let m = MsiMessage::compose(5, false, 0, 0x90, false);
+        r.set_route(3, Some(m)).unwrap();
+        r.signal(3).unwrap();
+        assert!(!in_irr(&vcpu, 0x90));
     }
 
     #[test]

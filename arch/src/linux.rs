@@ -276,6 +276,19 @@ where
     if use_pvh && pvh_entry.is_none() {
         return Err(LinuxError::NoPvhEntry);
     }
+    // The 64-bit entry was checked against the segments in the plan; the
+    // PVH note's entry (a 32-bit physical address) is only known now.
+    if let Some(pvh) = pvh_entry.filter(|_| use_pvh) {
+        if !plan
+            .segments
+            .iter()
+            .any(|&(a, _, m)| pvh >= a && pvh < a + m)
+        {
+            return Err(LinuxError::UnsupportedElf(
+                "PVH entry point outside the loaded segments",
+            ));
+        }
+    }
 
     let initrd = match (initrd, initrd_addr, initrd_size) {
         (Some(f), Some(addr), Some(size)) => {
@@ -1191,8 +1204,30 @@ mod tests {
                 for v in [0x00, 0x80, 0xff] {
                     let mut bad = img.clone();
                     bad[i] = v;
-                    let _ = load(&m, &bad, Some(&[1, 2, 3]), "x", false);
-                    let _ = load(&m, &bad, None, "", true);
+                    // Refused with a typed error, or loaded wholly inside
+                    // guest RAM above 1 MiB with the entry in it.
+                    let loaded = [
+                        load(&m, &bad, Some(&[1, 2, 3]), "x", false),
+                        load(&m, &bad, None, "", true),
+                    ];
+                    for b in loaded.into_iter().flatten() {
+                        assert!(
+                            b.kernel_start >= MIB
+                                && b.kernel_start < b.kernel_end
+                                && b.kernel_end <= 64 * MIB,
+                            "byte {i} = {v:#x}: kernel at {:#x}..{:#x}",
+                            b.kernel_start,
+                            b.kernel_end
+                        );
+                        assert!(
+                            (b.kernel_start..b.kernel_end).contains(&b.entry),
+                            "byte {i} = {v:#x}: entry {:#x} outside the kernel",
+                            b.entry
+                        );
+                        if let Some((at, len)) = b.initrd {
+                            assert!(at >= b.kernel_end && at + len <= 64 * MIB);
+                        }
+                    }
                 }
             }
         }
@@ -1249,6 +1284,19 @@ mod tests {
         let m = mem(64 * MIB);
         let b = load(&m, &simple_elf(true), None, "", false).unwrap();
         assert_eq!((b.entry, b.mode), (ELF_ENTRY, EntryMode::Long64));
+    }
+
+    #[test]
+    fn a_pvh_entry_outside_the_loaded_segments_is_refused() {
+        let m = mem(64 * MIB);
+        let code = (0..64u8).collect::<Vec<_>>();
+        let img = elf(&[(ELF_ENTRY, code, 0x2000)], ELF_ENTRY, Some(0x300_0000));
+        assert!(matches!(
+            load(&m, &img, None, "", true),
+            Err(LinuxError::UnsupportedElf(m)) if m.contains("PVH entry")
+        ));
+        // The 64-bit entry does not use the note: that boot is fine.
+        assert!(load(&m, &img, None, "", false).is_ok());
     }
 
     #[test]

@@ -233,14 +233,31 @@ mod tests {
     }
 
     #[test]
-    fn odd_sized_accesses_never_panic() {
-        let (mut p, _) = pm();
-        for off in 0..12 {
+    fn odd_sized_accesses_read_defined_values_and_change_nothing_written_back() {
+        let (mut p, c) = pm();
+        for off in 0..12u64 {
             for len in [1usize, 2, 3, 4, 8] {
-                let mut d = vec![0u8; len];
+                let mut d = vec![0xaau8; len];
                 p.read(off, &mut d);
+                for (i, b) in d.iter().enumerate() {
+                    let at = off + i as u64;
+                    let want = match at {
+                        0..=3 => Some(0),        // STS, EN: nothing set
+                        4 => Some(SCI_EN as u8), // CNT low byte
+                        5..=7 => Some(0),        // CNT high byte, reserved
+                        8..=10 => None,          // the timer's 24 bits
+                        _ => Some(0),            // timer bits 24-31, past the block
+                    };
+                    if let Some(w) = want {
+                        assert_eq!(*b, w, "read {len} at {off}: byte at {at}");
+                    }
+                }
+                // Writing back what was read changes no register and
+                // never powers the VM off.
                 p.write(off, &d);
+                assert_eq!((p.status, p.enable, p.cnt), (0, 0, SCI_EN), "{off}/{len}");
             }
         }
+        assert_eq!(c.reason(), None);
     }
 }

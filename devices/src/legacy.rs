@@ -1,7 +1,6 @@
 //! Legacy PC ports Linux and firmware-less guests poke: the i8042 (for its
-//! reset line), the 8259 PIC mask registers, the CMOS/RTC index/data ports,
-//! POST and delay ports. splitvm has no PIC: its ports read as zero so Linux
-//! chooses the "NULL legacy PIC" instead of ExtINT virtual-wire mode.
+//! reset line) and ports accepted silently (CMOS/RTC index/data, POST,
+//! DMA page, I/O delay, FPU). The 8259 pair is devices/src/pic.rs.
 
 use std::sync::Arc;
 
@@ -142,9 +141,20 @@ mod tests {
 
     #[test]
     fn i8042_ignores_empty_accesses() {
-        let mut k = I8042::new(Arc::new(VmControl::new()));
+        let c = Arc::new(VmControl::new());
+        let mut k = I8042::new(c.clone());
+        k.write(4, &[0x60]);
+        // Empty accesses: no command taken, no byte consumed, no reset.
+        k.write(0, &[]);
         k.write(4, &[]);
+        k.read(0, &mut []);
         k.read(4, &mut []);
+        k.write(0, &[0x45]);
+        k.write(4, &[0x20]);
+        let mut d = [0u8];
+        k.read(0, &mut d);
+        assert_eq!(d[0], 0x45, "the command byte write still completed");
+        assert_eq!(c.reason(), None);
     }
 
     #[test]

@@ -512,9 +512,9 @@ mod tests {
     use super::*;
 
     /// Program both chips as Linux does: vectors 0x30/0x38, cascade, 8086.
-    fn programmed() -> (Arc<Pic>, PicPorts) {
-        let pic = Arc::new(Pic::new());
-        let mut p = PicPorts(pic.clone());
+    /// ICW1-4 on both chips (vectors 0x30 and 0x38, cascade on IR2,
+    /// 8086 mode), then every input unmasked.
+    fn initialise(p: &mut PicPorts) {
         for (even, odd, base, icw3) in [(0u64, 1u64, 0x30u8, 0x04u8), (2, 3, 0x38, 0x02)] {
             p.write(even, &[0x11]);
             p.write(odd, &[base]);
@@ -523,6 +523,12 @@ mod tests {
         }
         p.write(1, &[0x00]);
         p.write(3, &[0x00]);
+    }
+
+    fn programmed() -> (Arc<Pic>, PicPorts) {
+        let pic = Arc::new(Pic::new());
+        let mut p = PicPorts(pic.clone());
+        initialise(&mut p);
         (pic, p)
     }
 
@@ -714,7 +720,7 @@ mod tests {
     }
 
     #[test]
-    fn garbage_port_writes_never_panic() {
+    fn garbage_port_writes_never_panic_and_never_wedge_the_pair() {
         let pic = Arc::new(Pic::new());
         let mut p = PicPorts(pic.clone());
         let mut x: u32 = 0x1234_5678;
@@ -730,6 +736,30 @@ mod tests {
             }
             let mut b = [0u8; 2];
             p.read(off, &mut b);
+            // The ELCR bits a PIIX hard-wires to edge stay edge.
+            assert_eq!(read(&mut p, 4) & 0x07, 0, "master ELCR");
+            assert_eq!(read(&mut p, 5) & 0x21, 0, "slave ELCR");
         }
+        // Whatever the garbage left, a guest that initialises the pair again
+        // gets a working controller: every line low, ELCR edge, a fresh
+        // edge on IRQ 5 (master) then IRQ 10 (slave) delivers with the new
+        // vectors, and a non-specific EOI ends each.
+        for irq in 0..16 {
+            pic.set_irq(irq, false);
+        }
+        p.write(4, &[0]);
+        p.write(5, &[0]);
+        initialise(&mut p);
+        assert!(!pic.output(), "nothing pending after a fresh init");
+        pic.set_irq(5, true);
+        assert!(pic.output());
+        assert_eq!(pic.acknowledge(), 0x35);
+        p.write(0, &[0x20]);
+        pic.set_irq(10, true);
+        assert!(pic.output());
+        assert_eq!(pic.acknowledge(), 0x3a);
+        p.write(2, &[0x20]);
+        p.write(0, &[0x20]);
+        assert!(!pic.output());
     }
 }

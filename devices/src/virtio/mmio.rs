@@ -1508,7 +1508,16 @@ mod tests {
                         t.read(off, &mut d);
                     }
                 }
-                let _ = t.stats();
+                // The identity registers are read-only whatever was written,
+                // only the two defined InterruptStatus bits can be set, and
+                // the report still names the transport's window and pin.
+                prop_assert_eq!(r(&mut t, REG_MAGIC), 0x7472_6976);
+                prop_assert_eq!(r(&mut t, REG_VERSION), 2);
+                prop_assert_eq!(r(&mut t, REG_VENDOR_ID), VENDOR_ID);
+                prop_assert_eq!(r(&mut t, REG_INTERRUPT_STATUS) & !3, 0);
+                let s = t.stats();
+                prop_assert_eq!(s.base, BASE);
+                prop_assert_eq!(s.pin, PIN);
             }
         }
     }
