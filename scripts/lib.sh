@@ -34,3 +34,28 @@ cache_root_outside() {
     esac
     printf '%s\n' "$cache_root"
 }
+
+# What the test suite runs besides cargo, as COMMAND:PACKAGE (the Debian 12
+# package that holds it). One list: scripts/setup.sh installs the missing
+# packages, scripts/test.sh checks every command is there before the tests.
+#   as, ld                binutils       the micro-guests (build.rs), raw test guests
+#   unshare, setpriv,     util-linux,    /dev/kvm error tests, host-fault disks
+#   mount, umount         mount
+#   ip                    iproute2       TAPs and network namespaces (virtio-net)
+#   qemu-storage-daemon   qemu-system-common on Debian 12 (qemu-utils holds it
+#                         only from QEMU 8 on, as in bookworm-backports): the
+#                         failing disk's FUSE export (tests/host_faults.rs)
+#   iasl                  acpica-tools   the DSDT disassembly test
+#   md5sum                coreutils      snapshot disk checksums
+TEST_TOOLS=(as:binutils ld:binutils unshare:util-linux setpriv:util-linux
+            mount:mount umount:mount ip:iproute2
+            qemu-storage-daemon:qemu-system-common
+            iasl:acpica-tools md5sum:coreutils)
+
+# The packages of TEST_TOOLS whose command is missing (one per line, once).
+missing_test_packages() {
+    local t
+    for t in "${TEST_TOOLS[@]}"; do
+        command -v "${t%%:*}" >/dev/null 2>&1 || printf '%s\n' "${t#*:}"
+    done | sort -u
+}

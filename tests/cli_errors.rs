@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+mod common;
+
 fn splitvm(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_splitvm"))
         .args(args)
@@ -114,17 +116,12 @@ fn raw_format_without_entry_is_one_line() {
     );
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 #[test]
 fn no_dev_kvm_is_one_line() {
-    if !is_root() {
-        eprintln!(
-            "NOT RUN: no_dev_kvm_is_one_line needs root to hide /dev/kvm in a mount namespace"
-        );
+    if !common::needs_root(
+        "no_dev_kvm_is_one_line",
+        "hiding /dev/kvm in a mount namespace",
+    ) {
         return;
     }
     // Hide /dev behind an empty tmpfs in a private mount namespace.
@@ -149,8 +146,10 @@ fn no_dev_kvm_is_one_line() {
 
 #[test]
 fn no_permission_on_dev_kvm_is_one_line() {
-    if !is_root() {
-        eprintln!("NOT RUN: no_permission_on_dev_kvm_is_one_line needs root to drop to an unprivileged user");
+    if !common::needs_root(
+        "no_permission_on_dev_kvm_is_one_line",
+        "dropping to an unprivileged user",
+    ) {
         return;
     }
     // Copy the binary where user nobody can execute it, then drop privileges.

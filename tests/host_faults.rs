@@ -75,23 +75,6 @@ fn start_until(mut c: Command, line: &str) -> (Child, std::thread::JoinHandle<St
     );
 }
 
-/// [`start_until`], run once more (loudly) if the first run timed out
-/// before printing `line` (docs/host-limits.md, idle guest never woken).
-fn start_until_retrying(
-    make: impl Fn() -> Command,
-    line: &str,
-) -> (Child, std::thread::JoinHandle<String>) {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| start_until(make(), line))) {
-        Ok(r) => r,
-        Err(e) => {
-            let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
-            assert!(msg.contains("status Some(124)"), "{msg}");
-            eprintln!("KNOWN OPEN PROBLEM (docs/host-limits.md, idle guest never woken): retrying once after: {msg}");
-            start_until(make(), line)
-        }
-    }
-}
-
 /// A FUSE file whose writes fail with EIO, served by qemu-storage-daemon.
 struct EioDisk {
     daemon: Child,
@@ -188,7 +171,7 @@ fn eio_and_enospc_disks_give_the_guest_io_errors_and_splitvm_runs_on() {
     let eio = EioDisk::new(&dir);
     let full = FullDisk::new(&dir);
     let json = dir.join("r.json");
-    let o: Output = common::output_retrying_timeout(|| {
+    let o: Output = common::output({
         splitvm_cmd(
             &[
                 "--disk".into(),
@@ -241,8 +224,8 @@ fn flushed_data_is_on_the_host_file_after_sigkill() {
     let dir = tmpdir("kill");
     let disk = dir.join("d.img");
     fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let (mut child, _) = start_until_retrying(
-        || {
+    let (mut child, _) = start_until(
+        {
             splitvm_cmd(
                 &["--disk".into(), disk.display().to_string()],
                 &format!("MARK=kill; {WRITE_MARKER}; echo flushed; sleep 1000"),
@@ -256,37 +239,76 @@ fn flushed_data_is_on_the_host_file_after_sigkill() {
     let _ = fs::remove_dir_all(&dir);
 }
 
+/// The write counter of virtio-blk0 in a report.
+fn blk_writes(r: &serde_json::Value) -> u64 {
+    virtio_counter(r, "virtio-blk0", "writes")
+}
+
 #[test]
-fn sigterm_during_heavy_io_writes_the_report_and_exits_143() {
+fn sigterm_during_heavy_io_keeps_flushed_data_writes_the_report_and_exits_143() {
     let dir = tmpdir("term");
     let disk = dir.join("d.img");
-    fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    // 0xA5 everywhere: the guest's zeros show where its writes landed.
+    fs::write(&disk, vec![0xa5u8; 1 << 20]).unwrap();
     let json = dir.join("r.json");
-    let (child, _) = start_until_retrying(
-        || {
-            splitvm_cmd(
-                &[
-                    "--disk".into(),
-                    disk.display().to_string(),
-                    "--stats-json".into(),
-                    json.display().to_string(),
-                ],
-                "echo started; \
-                 while :; do dd if=/dev/zero of=/dev/vda bs=65536 count=8 oflag=direct 2>/dev/null; done",
-            )
-        },
-        "started",
+    // The marker in sector 0 with fsync, then 512 KiB writes of zeros from
+    // 64 KiB on, O_DIRECT, without end; a line after each.
+    let (child, rest) = start_until(
+        splitvm_cmd(
+            &[
+                "--disk".into(),
+                disk.display().to_string(),
+                "--stats-json".into(),
+                json.display().to_string(),
+                "--stats-interval".into(),
+                "0.1".into(),
+            ],
+            &format!(
+                "MARK=term; {WRITE_MARKER}; echo flushed; \
+                 while :; do dd if=/dev/zero of=/dev/vda bs=65536 count=8 seek=1 oflag=direct 2>/dev/null; echo wrote; done"
+            ),
+        ),
+        "flushed",
     );
-    std::thread::sleep(std::time::Duration::from_secs(5));
+    // The guest's I/O is in flight when the signal comes: the writes
+    // counted in a live report read now grow by at least one more whole
+    // dd (8 requests) before SIGTERM, which is sent while the loop runs.
+    let wait_for = |n: u64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let r: serde_json::Value = fs::read_to_string(&json)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or(serde_json::Value::Null);
+            if !r.is_null() && blk_writes(&r) >= n {
+                return blk_writes(&r);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the guest wrote fewer than {n} requests in 120 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let before = wait_for(1);
+    let during = wait_for(before + 16);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(143), "stderr:\n{}", text(&o.stderr));
+    assert!(rest.join().unwrap().contains("wrote"));
     let r = report(&json);
     assert_eq!(r["exit_reason"], "signal");
-    eprintln!(
-        "[term] blk counters at SIGTERM: {}",
-        r["virtio_devices"][0]["counters"]
+    assert_eq!(r["snapshot"]["final"], true);
+    let at_end = blk_writes(&r);
+    eprintln!("[term] writes: {before} when first seen, {during} just before SIGTERM, {at_end} in the final report");
+    assert!(at_end >= during, "{r}");
+    // The flushed marker survived; the loop's zeros reached the file.
+    assert!(marker_on_disk(&disk, "term"));
+    let data = fs::read(&disk).unwrap();
+    assert!(
+        data[65536..65536 + 4096].iter().all(|&b| b == 0),
+        "the guest's writes are not in the host file"
     );
     let _ = fs::remove_dir_all(&dir);
 }
@@ -296,7 +318,7 @@ fn flushed_data_is_on_the_host_file_after_a_guest_panic() {
     let dir = tmpdir("panic");
     let disk = dir.join("d.img");
     fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let o = common::output_retrying_timeout(|| {
+    let o = common::output({
         splitvm_cmd(
             &["--disk".into(), disk.display().to_string()],
             &format!("MARK=panic; {WRITE_MARKER}; echo c > /proc/sysrq-trigger"),
@@ -317,8 +339,8 @@ fn a_tap_deleted_under_a_running_vm_is_counted_and_the_vm_runs_on() {
     assert!(st.success(), "ip tuntap add (needs root)");
     let dir = tmpdir("tap");
     let json = dir.join("r.json");
-    let (child, rest) = start_until_retrying(
-        || {
+    let (child, rest) = start_until(
+        {
             splitvm_cmd(
                 &[
                     "--net".into(),

@@ -14,8 +14,12 @@ use std::process::{Command, Stdio};
 /// The seeds CI runs (a soak run found nothing with these; any seed must pass).
 const CI_SEEDS: &[u32] = &[1, 2, 3];
 const GUEST_MEMORY_MIB: u64 = 64;
-/// splitvm's own memory on top of the guest's (docs/performance.md: ~3 MiB).
-const RSS_SLACK_MIB: u64 = 64;
+/// splitvm's own memory on top of all of the guest's RAM. The guest can
+/// touch at most GUEST_MEMORY_MIB; splitvm's own resident memory in these
+/// runs is about 10 MiB (debug build, /proc/PID/smaps sampled during seed 1:
+/// 10.5 MiB over mmio, 10.1 MiB over pci, 2026-12-07). More than 16 MiB of
+/// its own means guest input made splitvm grow.
+const RSS_SLACK_MIB: u64 = 16;
 
 struct Outcome {
     status: Option<i32>,

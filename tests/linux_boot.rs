@@ -265,3 +265,24 @@ fn bad_linux_inputs_are_one_line_errors() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Outside command mode a guest kernel panic ends splitvm with status 8
+/// and exit reason `guest-panic` (with the default `panic=-1` the kernel
+/// reboots at once; splitvm saw the panic on the console first).
+#[test]
+fn a_guest_kernel_panic_outside_command_mode_ends_with_status_8() {
+    let b = boot(
+        "linux-panic",
+        1,
+        &[],
+        &common::run_in_guest("echo c > /proc/sysrq-trigger"),
+    );
+    assert!(
+        b.serial.contains("Kernel panic - not syncing"),
+        "no panic on the console; tail:\n{}",
+        tail(&b.serial, 20)
+    );
+    assert_eq!(b.status, 8, "tail:\n{}", tail(&b.serial, 20));
+    assert_eq!(b.stats["exit_reason"], "guest-panic");
+    assert_eq!(b.stats["exit_status"], 8);
+}

@@ -17,8 +17,12 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod common;
+
 /// Wall-clock limit per guest run; guests take well under a second here.
-const TIMEOUT: Duration = Duration::from_secs(60);
+/// Each micro-guest finishes in 25-150 ms here (2026-12-07, 2 threads);
+/// 10 s is a hang, even on a loaded CI machine.
+const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn guest_path(name: &str) -> PathBuf {
     Path::new(env!("SPLITVM_MICRO_GUESTS_DIR")).join(format!("{name}.elf"))
@@ -42,7 +46,6 @@ struct GuestRun {
     serial: String,
     stderr: String,
     stats: Json,
-    elapsed: Duration,
 }
 
 impl GuestRun {
@@ -215,7 +218,6 @@ fn run_guest_with(name: &str, cpus: u32, extra: &[&str]) -> GuestRun {
         serial,
         stderr,
         stats,
-        elapsed,
     };
     let version = run.stats.get("schema_version").map_or(0, JsonExt::num);
     assert!(
@@ -241,7 +243,6 @@ fn run_guest_with(name: &str, cpus: u32, extra: &[&str]) -> GuestRun {
         .unwrap_or_default()
         .len();
     run.expect("vcpus in the stats", vcpus as u64, u64::from(cpus));
-    assert!(run.elapsed < TIMEOUT);
     run
 }
 
@@ -392,7 +393,10 @@ fn ipi() {
 fn lapic_timer() {
     let run = run_guest("lapic_timer", 1);
     if run.serial.contains("SKIP") {
-        eprintln!("lapic_timer: the guest skipped TSC-deadline (not in CPUID)");
+        common::skip(
+            "lapic_timer (TSC-deadline part)",
+            "the guest found no TSC-deadline timer in CPUID",
+        );
     }
     expect_no_eoi_exits(&run);
 }

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 fn splitvm(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_splitvm"))
         .args(args)
@@ -69,15 +71,12 @@ fn one_line(o: &Output, needle: &str) {
     assert!(!e.contains("panicked"), "{e}");
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 #[test]
 fn stats_json_on_a_character_device_leaves_it_a_character_device() {
-    if !is_root() {
-        eprintln!("SKIPPED: mknod needs root (CI runs as root)");
+    if !common::needs_root(
+        "stats_json_on_a_character_device_leaves_it_a_character_device",
+        "mknod",
+    ) {
         return;
     }
     let d = tmpdir("chr");
@@ -285,4 +284,31 @@ fn a_system_call_outside_a_threads_allow_list_ends_the_vm_with_one_line_and_stat
     // With the filters off the same guest runs to its own status.
     let o = run_raw(&g, &["--fault-inject", "seccomp-vcpu", "--seccomp", "off"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+}
+
+#[test]
+fn a_guest_that_never_stops_ends_at_timeout_with_status_6_and_the_report() {
+    // cli; hlt; jmp back: nothing can wake it.
+    let p = raw_guest("timeout", &[0xfa, 0xf4, 0xeb, 0xfd]);
+    let d = tmpdir("timeout-report");
+    let json = d.join("r.json");
+    let o = splitvm(&[
+        "run",
+        "--kernel",
+        p.to_str().unwrap(),
+        "--kernel-format",
+        "raw",
+        "--entry",
+        "0x100000",
+        "--timeout",
+        "1",
+        "--stats-json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["exit_reason"], "timeout");
+    assert_eq!(r["exit_status"], 6);
+    let _ = fs::remove_dir_all(&d);
+    let _ = fs::remove_dir_all(p.parent().unwrap());
 }

@@ -359,13 +359,14 @@ fn restore_conflicts_with_options_that_shape_the_machine() {
 
 // ---- the project's Linux guest ----------------------------------------
 
-/// `splitvm test MANIFEST --output OUT`.
-fn run_manifest(manifest: &Path, out: &Path) -> Output {
+/// `splitvm test MANIFEST --output OUT [EXTRA...]`.
+fn run_manifest(manifest: &Path, out: &Path, extra: &[&str]) -> Output {
     splitvm()
         .arg("test")
         .arg(manifest)
         .arg("--output")
         .arg(out)
+        .args(extra)
         .output()
         .unwrap()
 }
@@ -397,7 +398,7 @@ fn linux_snapshot(cpus: u32) -> PathBuf {
                 ),
             )
             .unwrap();
-            let o = run_manifest(&manifest, &dir.join("out"));
+            let o = run_manifest(&manifest, &dir.join("out"), &[]);
             let out = text(&o.stdout);
             assert_eq!(o.status.code(), Some(0), "{}", context(&o));
             assert!(out.contains("taking snapshot"), "{out}");
@@ -405,7 +406,7 @@ fn linux_snapshot(cpus: u32) -> PathBuf {
             let first = fs::read_to_string(dir.join("out/first/stdout")).unwrap();
             assert_eq!(first, "first\n");
         } else {
-            let o = common::output_retrying_timeout(|| {
+            let o = common::output({
                 // isolcpus=1: the open 2-vCPU host limit (docs/host-limits.md).
                 let mut c = common::guest_command(
                     &[
@@ -438,7 +439,7 @@ fn linux_snapshot(cpus: u32) -> PathBuf {
 /// (A run that timed out is retried once, loudly: the open idle-guest
 /// problem of docs/host-limits.md.)
 fn restore_run(snap: &Path, report: &Path, argv: &[&str]) -> (i32, String, Value, Output) {
-    let o = common::output_retrying_timeout(|| {
+    let o = common::output({
         let mut c = splitvm();
         c.args(["run", "--restore"])
             .arg(snap)
@@ -499,27 +500,39 @@ fn linux_snapshot_at_ready_restores_twenty_times_with_two_vcpus() {
 }
 
 #[test]
-fn a_manifest_runs_its_cases_from_a_snapshot() {
+fn a_manifest_runs_its_cases_from_a_snapshot_and_retries_only_when_asked() {
     let snap = linux_snapshot(1);
     let dir = scratch("manifest");
     let manifest = dir.join("m.toml");
     fs::write(
         &manifest,
         format!(
-            "[defaults]\nsnapshot = '{}'\ntimeout = 300\n\n[[case]]\nname = 'ok'\ncommand = 'true'\n\n[[case]]\nname = 'three'\ncommand = 'exit 3'\nexpect = 3\n\n[[case]]\nname = 'argv'\ncommand = ['echo', 'a b']\n",
+            "[defaults]\nsnapshot = '{}'\ntimeout = 300\n\n[[case]]\nname = 'ok'\ncommand = 'true'\n\n[[case]]\nname = 'three'\ncommand = 'exit 3'\nexpect = 3\n\n[[case]]\nname = 'argv'\ncommand = ['echo', 'a b']\n\n[[case]]\nname = 'hangs'\ncommand = 'sleep 1000'\ntimeout = 4\n",
             snap.display()
         ),
     )
     .unwrap();
-    let o = run_manifest(&manifest, &dir.join("out"));
+    // Without --retries a timed-out case runs once and is a timeout.
+    let o = run_manifest(&manifest, &dir.join("out"), &[]);
     let out = text(&o.stdout);
-    assert_eq!(o.status.code(), Some(0), "{}", context(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", context(&o));
     assert!(!out.contains("taking snapshot"), "it exists: {out}");
-    assert!(out.contains("3 pass"), "{out}");
+    assert!(out.contains("3 pass, 0 fail, 1 timeout"), "{out}");
+    assert!(!out.contains("retry"), "{out}");
     assert_eq!(
         fs::read_to_string(dir.join("out/argv/stdout")).unwrap(),
         "a b\n"
     );
+    // --retries 1: the case runs once more and says so; still a timeout.
+    let o = run_manifest(
+        &manifest,
+        &dir.join("out2"),
+        &["--retries", "1", "--filter", "hangs"],
+    );
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{}", context(&o));
+    assert!(out.contains("0 pass, 0 fail, 1 timeout"), "{out}");
+    assert!(out.contains("(retry 1; before:"), "{out}");
     let _ = fs::remove_dir_all(&dir);
 }
 
@@ -649,7 +662,7 @@ fn disk_snapshot(transport: &str) -> (PathBuf, PathBuf) {
         let _one = common::ONE_AT_A_TIME
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let o = common::output_retrying_timeout(|| {
+        let o = common::output({
             common::guest_command(
                 &[
                     "--disk".into(),
@@ -709,7 +722,7 @@ fn virtio_blk_requests_in_flight_at_signal_snapshots_complete_exactly_once() {
 
     // The second snapshot, restored: the reads left finish, each once.
     let report = dir.join("r.json");
-    let o = common::output_retrying_timeout(|| {
+    let o = common::output({
         let mut c = splitvm();
         c.args(["run", "--restore"])
             .arg(&mid)
@@ -751,7 +764,7 @@ fn a_linux_snapshot_with_virtio_net_restores_and_the_network_works() {
         let _one = common::ONE_AT_A_TIME
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let o = common::output_retrying_timeout(|| {
+        let o = common::output({
             in_ns(&[
                 "run".into(),
                 "--kernel".into(),
@@ -771,7 +784,7 @@ fn a_linux_snapshot_with_virtio_net_restores_and_the_network_works() {
         assert_eq!(o.status.code(), Some(0), "{}", context(&o));
     }
     for i in 0..2 {
-        let o = common::output_retrying_timeout(|| {
+        let o = common::output({
             in_ns(&[
                 "run".into(),
                 "--restore".into(),
