@@ -47,6 +47,11 @@ fn raw_guest(tag: &str, code: &[u8]) -> PathBuf {
 }
 
 fn run_raw(p: &Path, extra: &[&str]) -> Output {
+    run_raw_for(p, "60", extra)
+}
+
+/// [`run_raw`] with `--timeout SECS`.
+fn run_raw_for(p: &Path, secs: &str, extra: &[&str]) -> Output {
     let mut args = vec![
         "run",
         "--kernel",
@@ -57,7 +62,7 @@ fn run_raw(p: &Path, extra: &[&str]) -> Output {
         "0x100000",
         "--test-devices",
         "--timeout",
-        "60",
+        secs,
     ];
     args.extend_from_slice(extra);
     splitvm(&args)
@@ -292,19 +297,7 @@ fn a_guest_that_never_stops_ends_at_timeout_with_status_6_and_the_report() {
     let p = raw_guest("timeout", &[0xfa, 0xf4, 0xeb, 0xfd]);
     let d = tmpdir("timeout-report");
     let json = d.join("r.json");
-    let o = splitvm(&[
-        "run",
-        "--kernel",
-        p.to_str().unwrap(),
-        "--kernel-format",
-        "raw",
-        "--entry",
-        "0x100000",
-        "--timeout",
-        "1",
-        "--stats-json",
-        json.to_str().unwrap(),
-    ]);
+    let o = run_raw_for(&p, "1", &["--stats-json", json.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
     let r: serde_json::Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(r["exit_reason"], "timeout");
