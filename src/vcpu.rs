@@ -212,7 +212,11 @@ fn pic_pre_run(vcpu: &mut VcpuFd, pic: &Pic, id: u32, control: &VmControl) {
     }
     if run.ready_for_interrupt_injection != 0 && run.if_flag != 0 {
         let vector = pic.acknowledge();
-        run.request_interrupt_window = 0;
+        // The output can stay high after the INTA (automatic EOI with
+        // another request pending, or a higher one): then it did not rise
+        // and will not kick, so ask KVM to come back as soon as the guest
+        // can take the next one, or a halted vCPU 0 is never woken.
+        run.request_interrupt_window = u8::from(pic.output());
         if let Err(e) = inject_extint(vcpu, vector) {
             control.request_exit(ExitReason::VmmError(format!(
                 "vCPU {id}: KVM refused the 8259's interrupt (KVM_INTERRUPT vector {vector:#x}): {e}"

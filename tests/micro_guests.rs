@@ -503,6 +503,26 @@ fn pic_elcr_level_input_on_the_slave_is_delivered_again_while_high() {
     expect_no_eoi_exits(&run);
 }
 
+/// Automatic EOI with two requests pending: after the INTA of the first the
+/// output stays high, and vCPU 0 must ask for another interrupt window
+/// (nothing else wakes it: the handlers do no port I/O).
+#[test]
+fn pic_in_auto_eoi_mode_delivers_a_second_pending_request_to_a_halted_vcpu() {
+    let run = run_guest("pic_aeoi", 1);
+    for irq in [3, 4] {
+        run.expect(&format!("IRQ {irq} raised"), run.pic_irq(irq, "raised"), 50);
+        run.expect(
+            &format!("IRQ {irq} delivered"),
+            run.pic_irq(irq, "delivered"),
+            50,
+        );
+    }
+    run.expect("guest's count of vector 0x33", run.guest_count(0x33), 50);
+    run.expect("guest's count of vector 0x34", run.guest_count(0x34), 50);
+    run.expect("EOI writes (automatic EOI)", run.pic("eoi_writes"), 0);
+    run.expect("spurious", run.pic("spurious"), 0);
+}
+
 #[test]
 fn pic_delivers_pending_requests_by_priority_and_the_slave_through_the_cascade() {
     let run = run_guest("pic_priority", 1);

@@ -81,6 +81,7 @@ const WARN_PIN: u8 = 1 << 2;
 const WARN_INVALID: u8 = 1 << 3;
 const WARN_ROUTE: u8 = 1 << 4;
 const WARN_SIGNAL: u8 = 1 << 5;
+const WARN_LOST: u8 = 1 << 6;
 
 /// Per-pin counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -92,6 +93,12 @@ pub struct PinStats {
     /// Assertions of an unmasked level pin that found Remote IRR set: merged
     /// into the pending interrupt (redelivered at EOI if still asserted).
     pub coalesced: u64,
+    /// Coalesced assertions whose line fell again before the EOI of the
+    /// interrupt in service: lost, as on the 82093AA (a level input is
+    /// sampled, not latched; at EOI the line is low, so nothing is sent
+    /// again). A device that pulses a pin the guest made level-triggered
+    /// loses interrupts this way; splitvm counts them and warns once.
+    pub lost: u64,
     /// Assertions that arrived while masked: lost for edge pins, delivered
     /// on unmask for level pins whose line is still asserted then.
     pub masked_drops: u64,
@@ -173,6 +180,9 @@ pub struct IoApic {
     /// Writable RTE bits only; Remote IRR lives in `remote_irr`.
     rte: [u64; NUM_PINS],
     remote_irr: [bool; NUM_PINS],
+    /// A level pin asserted again while Remote IRR was set (a coalesced
+    /// assertion not yet served by the EOI's redelivery).
+    coalesced_pending: [bool; NUM_PINS],
     /// Physical line level as driven by devices.
     line: [bool; NUM_PINS],
     /// Route last installed successfully in KVM, per GSI.
@@ -222,6 +232,7 @@ impl IoApic {
         self.ioregsel = s.ioregsel;
         self.rte = s.rte.map(|r| r & RTE_WRITABLE);
         self.remote_irr = s.remote_irr;
+        self.coalesced_pending = [false; NUM_PINS];
         self.line = s.line;
         self.installed = installed;
         self.install_routes()
@@ -236,6 +247,7 @@ impl IoApic {
             ioregsel: 0,
             rte: [RTE_MASKED; NUM_PINS],
             remote_irr: [false; NUM_PINS],
+            coalesced_pending: [false; NUM_PINS],
             line: [false; NUM_PINS],
             installed: [None; NUM_PINS],
             irqfd_driven: [false; NUM_PINS],
@@ -293,6 +305,7 @@ impl IoApic {
         self.ioregsel = 0;
         self.rte = [RTE_MASKED; NUM_PINS];
         self.remote_irr = [false; NUM_PINS];
+        self.coalesced_pending = [false; NUM_PINS];
         for pin in 0..NUM_PINS {
             // Failures are counted; the next delivery retries.
             let _ = self.sync_route(pin);
@@ -319,7 +332,19 @@ impl IoApic {
                 self.pin_stats[pin].masked_drops += 1;
             } else if is_level(rte) && self.remote_irr[pin] {
                 self.pin_stats[pin].coalesced += 1;
+                self.coalesced_pending[pin] = true;
             }
+        } else if was && !now && self.coalesced_pending[pin] && self.remote_irr[pin] {
+            self.coalesced_pending[pin] = false;
+            self.pin_stats[pin].lost += 1;
+            self.warn_once(
+                WARN_LOST,
+                format_args!(
+                    "pin {pin} (RTE {:#018x}: level-triggered, vector {:#x}) was asserted and released while its previous interrupt was in service: lost, as on an 82093AA (a device pulses a pin the guest programmed level-triggered); counted in the report as `lost`",
+                    self.rte(pin),
+                    rte & RTE_VECTOR
+                ),
+            );
         }
         if is_level(rte) {
             self.eval_level(pin);
@@ -350,6 +375,7 @@ impl IoApic {
             }
             if self.remote_irr[pin] {
                 self.remote_irr[pin] = false;
+                self.coalesced_pending[pin] = false;
                 self.pin_stats[pin].eoi += 1;
                 ended |= 1 << pin;
                 self.eval_level(pin);
@@ -506,6 +532,7 @@ impl IoApic {
                 self.rte[pin] = new;
                 if !is_level(new) {
                     self.remote_irr[pin] = false;
+                    self.coalesced_pending[pin] = false;
                 }
                 if !high {
                     // Failures are counted; the next delivery retries.
@@ -867,6 +894,34 @@ mod tests {
         assert_eq!(io.pin_stats()[9].coalesced, 1);
         io.end_of_interrupt(0x60);
         assert_eq!(fake.signal_count(), 2);
+    }
+
+    #[test]
+    fn a_pulse_on_a_level_pin_in_service_is_lost_as_on_the_82093aa_and_counted() {
+        let (mut io, fake) = setup();
+        program(&mut io, 9, 0x60 | LEVEL, 0);
+        io.set_irq(9, true);
+        assert_eq!(fake.signal_count(), 1);
+        // The guest's handler serviced the device: the line falls before
+        // the EOI. That is the normal level handshake, nothing lost.
+        io.set_irq(9, false);
+        assert_eq!(io.pin_stats()[9].lost, 0);
+        // A pulse (assert, release) while Remote IRR is still set: the
+        // datasheet samples a level input at EOI, when it is low again.
+        io.set_irq(9, true);
+        io.set_irq(9, false);
+        assert_eq!(io.pin_stats()[9].coalesced, 1);
+        assert_eq!(io.pin_stats()[9].lost, 1);
+        io.end_of_interrupt(0x60);
+        assert_eq!(fake.signal_count(), 1, "nothing to send again");
+        assert!(!io.remote_irr(9));
+        // A coalesced assertion still high at EOI is sent again, not lost.
+        io.set_irq(9, true);
+        io.set_irq(9, false);
+        io.set_irq(9, true);
+        io.end_of_interrupt(0x60);
+        assert_eq!(fake.signal_count(), 3);
+        assert_eq!(io.pin_stats()[9].lost, 1);
     }
 
     #[test]

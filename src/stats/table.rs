@@ -72,14 +72,14 @@ impl Report {
         if !self.ioapic_pins.is_empty() {
             let _ = writeln!(
                 s,
-                "I/O APIC pins   {:>10}{:>10}{:>10}{:>10}{:>10}",
-                "raised", "delivered", "coalesced", "masked", "eoi"
+                "I/O APIC pins   {:>10}{:>10}{:>10}{:>10}{:>10}{:>10}",
+                "raised", "delivered", "coalesced", "lost", "masked", "eoi"
             );
             for p in &self.ioapic_pins {
                 let _ = writeln!(
                     s,
-                    "  pin {:<10}{:>10}{:>10}{:>10}{:>10}{:>10}",
-                    p.pin, p.raised, p.delivered, p.coalesced, p.masked_drops, p.eoi
+                    "  pin {:<10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}",
+                    p.pin, p.raised, p.delivered, p.coalesced, p.lost, p.masked_drops, p.eoi
                 );
             }
         }

@@ -10,13 +10,21 @@
  * LINT0 unmasked in ExtINT mode (virtual wire), so the PIC reaches it. */
 .globl pic_init
 pic_init:
+    mov $0x01, %eax                 /* ICW4: 8086 mode */
+
+/* pic_init_icw4(eax = ICW4 for both chips): pic_init with another ICW4
+ * (0x03: 8086 mode with automatic EOI). */
+.globl pic_init_icw4
+pic_init_icw4:
+    push %ebx
+    mov %eax, %ebx
     mov $0x11, %al
     outb %al, $PIC1_CMD
     mov $PIC_MASTER_BASE, %al
     outb %al, $PIC1_DATA
     mov $0x04, %al                  /* ICW3: slave on IR2 */
     outb %al, $PIC1_DATA
-    mov $0x01, %al                  /* ICW4: 8086 mode */
+    mov %bl, %al                    /* ICW4 */
     outb %al, $PIC1_DATA
     mov $0x11, %al
     outb %al, $PIC2_CMD
@@ -24,8 +32,9 @@ pic_init:
     outb %al, $PIC2_DATA
     mov $0x02, %al                  /* ICW3: slave ID 2 */
     outb %al, $PIC2_DATA
-    mov $0x01, %al
+    mov %bl, %al
     outb %al, $PIC2_DATA
+    pop %ebx
     mov $0xfb, %al                  /* all masked but the cascade */
     outb %al, $PIC1_DATA
     mov $0xff, %al
