@@ -19,6 +19,7 @@ pub mod pit;
 pub mod serial;
 pub mod state;
 pub mod sync;
+pub mod test_env;
 pub mod testdev;
 pub mod thread_start;
 pub mod virtio;

@@ -216,22 +216,7 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// True under CI (`CI=true`, as GitHub Actions, GitLab and .ci/run set it).
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// A test that cannot run here says why. On a developer's machine that is
-/// a loud "SKIPPED" line and the test returns; under CI, which runs as
-/// root with everything installed (scripts/setup.sh), it is a failure:
-/// a skipped test in CI would pass having checked nothing. docs/testing.md
-/// lists what each test needs.
-pub fn skip(test: &str, why: &str) {
-    if in_ci() {
-        panic!("{test} cannot run ({why}); under CI=true a skip is a failure");
-    }
-    eprintln!("SKIPPED: {test}: {why} (this would fail under CI=true)");
-}
+pub use devices::test_env::skip;
 
 /// [`skip`] unless the test runs as root; returns whether it may go on.
 pub fn needs_root(test: &str, what: &str) -> bool {

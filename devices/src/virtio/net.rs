@@ -204,11 +204,59 @@ struct RxRun {
     /// A frame waits and the driver has posted no buffer: stop polling
     /// the tap until the next receive-queue notification.
     no_buffers: bool,
-    /// The tap failed: stop polling it until the next notification.
+    /// The tap failed: stop polling it for a while (a deleted tap reports
+    /// an error at every poll), then try again by itself
+    /// ([`TapRetry`]): the guest may have posted every buffer already, so
+    /// no notification would ever come.
     tap_error: bool,
     /// The budget ran out: run again soon.
     more: bool,
     error: Option<ChainError>,
+}
+
+/// When to poll a failed tap again: 10 ms after the first error, doubling
+/// up to 1 s while reads keep failing, back to 10 ms after one succeeds.
+#[derive(Debug, Default)]
+struct TapRetry {
+    at: Option<std::time::Instant>,
+    backoff: Option<std::time::Duration>,
+}
+
+impl TapRetry {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(10);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn failed(&mut self) {
+        let b = self.backoff.map_or(Self::FIRST, |b| (b * 2).min(Self::MAX));
+        self.backoff = Some(b);
+        self.at = Some(std::time::Instant::now() + b);
+    }
+
+    fn succeeded(&mut self) {
+        self.backoff = None;
+    }
+
+    /// The epoll timeout until the retry (ms, at least 1), or `idle`.
+    fn timeout_ms(&self, idle: i32) -> i32 {
+        match self.at {
+            Some(at) => {
+                let left = at.saturating_duration_since(std::time::Instant::now());
+                (left.as_millis() as i32).clamp(1, 1000)
+            }
+            None => idle,
+        }
+    }
+
+    /// True once, when the retry is due.
+    fn due(&mut self) -> bool {
+        match self.at {
+            Some(at) if std::time::Instant::now() >= at => {
+                self.at = None;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Queue processing state, apart from the thread and its epoll.
@@ -451,6 +499,7 @@ impl NetEngine {
         };
         let (mut rx_broken, mut tx_broken) = (false, false);
         let (mut rx_more, mut tx_more) = (true, true);
+        let mut retry = TapRetry::default();
         let mut tokens = Vec::new();
         loop {
             if tx_more && !tx_broken {
@@ -476,12 +525,27 @@ impl NetEngine {
                 if run.no_buffers || run.tap_error || rx_broken {
                     pause_tap(&poller, &mut tap_polled);
                 }
+                if run.tap_error {
+                    retry.failed();
+                } else if tap_polled {
+                    retry.succeeded();
+                }
                 rx_more = run.more;
             }
             let busy = (tx_more && !tx_broken) || (rx_more && !rx_broken);
-            if let Err(e) = poller.wait(&mut tokens, if busy { 0 } else { -1 }) {
+            let timeout = if busy { 0 } else { retry.timeout_ms(-1) };
+            if let Err(e) = poller.wait(&mut tokens, timeout) {
                 log::error!("virtio-net: epoll wait failed, worker exits: {e}");
                 return self;
+            }
+            if retry.due() && !rx_broken {
+                if !tap_polled {
+                    match poller.add(tap_fd, TOKEN_TAP) {
+                        Ok(()) => tap_polled = true,
+                        Err(e) => log::error!("virtio-net: cannot poll the tap: {e}"),
+                    }
+                }
+                rx_more = true;
             }
             for &t in &tokens {
                 match t {
@@ -666,7 +730,7 @@ impl VirtioDevice for Net {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::tap::testutil::can_create_tap;
+    use crate::virtio::tap::testutil::tap_or_skip;
     use crate::virtio::worker::new_eventfd;
     use crate::virtio::worker::testutil::*;
     use std::fs::File;
@@ -937,13 +1001,37 @@ mod tests {
         assert_eq!(net.stats().notifications, 2);
     }
 
+    /// A read error on the tap while the guest has posted every RX buffer
+    /// (so no RX notification will come): the worker polls the tap again
+    /// by itself, and the next frame reaches the guest.
+    #[test]
+    fn net_rx_resumes_after_a_tap_read_error_with_every_buffer_posted() {
+        let mem = memory();
+        let (tap, peer) = fake_tap();
+        tap.fail_reads.store(1, Ordering::SeqCst);
+        let mut net = Net::with_tap(tap, None);
+        for i in 0..16u16 {
+            add_chain(&mem, i, &[(DATA + 0x800 * u64::from(i), 1530, true)]);
+        }
+        let (_rx_kick, _tx_kick, _irq) = activate(&mut net, &mem);
+        let f = frame(0x88b5, 60);
+        peer.send(&f).unwrap();
+        wait_until("the read error", || net.stats().rx_errors == 1);
+        wait_until("rx delivery after the error", || used_idx(&mem) == 1);
+        assert_eq!(used_elem(&mem, 0), (0, f.len() as u32));
+        // And the next frame too, with no kick from the guest.
+        peer.send(&f).unwrap();
+        wait_until("the next frame", || used_idx(&mem) == 2);
+        assert_eq!(net.stats().rx_packets, 2);
+        assert!(net.reset());
+    }
+
     /// Real tap (root with CAP_NET_ADMIN only): a guest TX frame shows up
     /// on the host interface, and a frame sent on the host interface
     /// reaches a guest RX buffer.
     #[test]
     fn net_frames_cross_a_real_tap() {
-        if !can_create_tap() {
-            eprintln!("skipped: needs root with CAP_NET_ADMIN and /dev/net/tun");
+        if !tap_or_skip("net_frames_cross_a_real_tap") {
             return;
         }
         const NAME: &str = "spvmtest1";

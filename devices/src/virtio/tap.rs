@@ -59,6 +59,9 @@ struct IfReq {
 pub struct Tap {
     file: File,
     name: String,
+    /// Test-only: make this many next reads fail with EIO (a TAP error).
+    #[cfg(test)]
+    pub(crate) fail_reads: std::sync::atomic::AtomicU32,
 }
 
 impl Tap {
@@ -115,7 +118,7 @@ impl Tap {
         configure("TUNSETOFFLOAD", unsafe {
             libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD as _, 0 as libc::c_ulong)
         })?;
-        Ok(Tap { file, name: actual })
+        Ok(Tap::from_file(file, &actual))
     }
 
     /// A tap stand-in over any packet-preserving file (a datagram socket in
@@ -124,6 +127,8 @@ impl Tap {
         Tap {
             file,
             name: name.to_string(),
+            #[cfg(test)]
+            fail_reads: Default::default(),
         }
     }
 
@@ -134,6 +139,14 @@ impl Tap {
 
     /// Read one frame (vnet header included). `WouldBlock` when none.
     pub fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize> {
+        #[cfg(test)]
+        {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self.fail_reads.load(SeqCst) > 0 {
+                self.fail_reads.fetch_sub(1, SeqCst);
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+        }
         (&self.file).read(buf)
     }
 
@@ -166,11 +179,20 @@ pub(crate) mod testutil {
         let root = unsafe { libc::geteuid() } == 0;
         root && caps & (1 << 12) != 0 && std::path::Path::new("/dev/net/tun").exists()
     }
+
+    /// [`can_create_tap`], or a skip of `test` (a failure under CI).
+    pub fn tap_or_skip(test: &str) -> bool {
+        if can_create_tap() {
+            return true;
+        }
+        crate::test_env::skip(test, "needs root with CAP_NET_ADMIN and /dev/net/tun");
+        false
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::testutil::can_create_tap;
+    use super::testutil::tap_or_skip;
     use super::*;
 
     #[test]
@@ -182,8 +204,7 @@ mod tests {
 
     #[test]
     fn tap_opens_with_vnet_header_when_privileged() {
-        if !can_create_tap() {
-            eprintln!("skipped: needs root with CAP_NET_ADMIN and /dev/net/tun");
+        if !tap_or_skip("tap_opens_with_vnet_header_when_privileged") {
             return;
         }
         let tap = Tap::open("spvmtest0").unwrap();
