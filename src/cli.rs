@@ -91,6 +91,10 @@ pub enum Transport {
 pub enum FaultInject {
     PanicVcpu,
     SeccompVcpu,
+    /// Not a fault: vCPU 0 allocates and frees 4 MiB in small blocks, so
+    /// glibc shrinks its thread arena (which once ended the VM under
+    /// seccomp, docs/security.md).
+    ArenaShrinkVcpu,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,7 +215,8 @@ pub struct RunArgs {
     pub seccomp: crate::seccomp::Mode,
     /// Test-only fault injection (docs/security.md): `panic-vcpu` panics
     /// vCPU 0's thread at its first exit; `seccomp-vcpu` makes vCPU 0 call
-    /// a system call outside its seccomp allow-list.
+    /// a system call outside its seccomp allow-list; `arena-shrink-vcpu`
+    /// makes vCPU 0 shrink its malloc arena.
     #[arg(long, hide = true, value_name = "FAULT")]
     pub fault_inject: Option<FaultInject>,
     /// Take a snapshot into DIR when the guest first says it is ready (the

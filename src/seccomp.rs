@@ -9,6 +9,17 @@
 //! by the vCPU that activates the device, so it runs under the vCPU's list
 //! and its own.
 //!
+//! Threads other than the supervisor never open files, but libraries they
+//! call may try: glibc's malloc opens /proc/sys/vm/overcommit_memory the
+//! first time any thread shrinks its arena's heap (`check_may_shrink_heap`,
+//! once per process, from whichever thread frees enough first). Killing
+//! the VM for that let any guest that made a vCPU or worker thread allocate
+//! and free enough end it (status 12). So on those threads `openat` is
+//! answered with EACCES by a second, stacked filter ([`no_open_program`])
+//! instead of trapping: glibc then shrinks with madvise(MADV_DONTNEED), and
+//! no file is opened by them, ever (the kernel takes the most restrictive
+//! answer of stacked filters: EACCES over the list's allow).
+//!
 //! `--seccomp kill` (the default) traps a call outside the list: a SIGSYS
 //! handler prints one line naming the thread and the system call number and
 //! ends the process with [`VIOLATION_STATUS`] (252 with `-- CMD`).
@@ -256,7 +267,43 @@ pub fn allowed(kind: ThreadKind) -> Vec<i64> {
     v
 }
 
-/// The BPF program for `kind` in `mode` (None for `off`).
+/// Whether `kind` may open files (the supervisor); the others get EACCES.
+fn opens_files(kind: ThreadKind) -> bool {
+    kind == ThreadKind::Supervisor
+}
+
+/// The stacked filter of a thread that may not open files: `openat` fails
+/// with EACCES, everything else is left to the allow-list (module docs).
+fn no_open_program() -> Result<BpfProgram, String> {
+    let rules = BTreeMap::from([(libc::SYS_openat, Vec::new())]);
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        arch,
+    )
+    .map_err(|e| e.to_string())?;
+    BpfProgram::try_from(filter).map_err(|e| e.to_string())
+}
+
+/// The BPF programs `kind` installs in `mode`, in order (none for `off`):
+/// its allow-list, and for a thread that may not open files the stacked
+/// EACCES answer to `openat` (module docs).
+pub fn programs(kind: ThreadKind, mode: Mode) -> Result<Vec<BpfProgram>, String> {
+    let Some(list) = program(kind, mode)? else {
+        return Ok(Vec::new());
+    };
+    let mut v = vec![list];
+    if !opens_files(kind) {
+        v.push(no_open_program()?);
+    }
+    Ok(v)
+}
+
+/// The allow-list program for `kind` in `mode` (None for `off`). For a
+/// thread that may not open files it lets `openat` through to the stacked
+/// filter that answers it with EACCES.
 pub fn program(kind: ThreadKind, mode: Mode) -> Result<Option<BpfProgram>, String> {
     let mismatch = match mode {
         Mode::Off => return Ok(None),
@@ -267,6 +314,9 @@ pub fn program(kind: ThreadKind, mode: Mode) -> Result<Option<BpfProgram>, Strin
         .into_iter()
         .map(|nr| (nr, Vec::new()))
         .collect();
+    if !opens_files(kind) {
+        rules.insert(libc::SYS_openat, Vec::new());
+    }
     let ioctl_rules = ioctls(kind)
         .iter()
         .map(|&req| {
@@ -310,23 +360,23 @@ pub fn install(kind: ThreadKind, mode: Mode, name: &str) -> Result<(), String> {
         *d = s;
     }
     NAME.with(|c| c.set(n));
-    match cached_program(kind, mode)? {
-        Some(p) => seccompiler::apply_filter(&p)
-            .map_err(|e| format!("cannot install the seccomp filter of thread '{name}': {e}")),
-        None => Ok(()),
+    for p in cached_programs(kind, mode)? {
+        seccompiler::apply_filter(&p)
+            .map_err(|e| format!("cannot install the seccomp filter of thread '{name}': {e}"))?;
     }
+    Ok(())
 }
 
-/// [`program`], compiled once per (kind, mode) for the process: every vCPU
+/// [`programs`], compiled once per (kind, mode) for the process: every vCPU
 /// thread installs the same list, and `--cpus` can be in the hundreds.
-fn cached_program(kind: ThreadKind, mode: Mode) -> Result<Option<BpfProgram>, String> {
-    type Cache = Vec<((ThreadKind, Mode), Option<BpfProgram>)>;
+fn cached_programs(kind: ThreadKind, mode: Mode) -> Result<Vec<BpfProgram>, String> {
+    type Cache = Vec<((ThreadKind, Mode), Vec<BpfProgram>)>;
     static CACHE: std::sync::Mutex<Cache> = std::sync::Mutex::new(Vec::new());
     let mut cache = devices::sync::lock(&CACHE);
     if let Some((_, p)) = cache.iter().find(|(k, _)| *k == (kind, mode)) {
         return Ok(p.clone());
     }
-    let p = program(kind, mode)?;
+    let p = programs(kind, mode)?;
     cache.push(((kind, mode), p.clone()));
     Ok(p)
 }
@@ -452,6 +502,23 @@ mod tests {
             }
         }
         assert!(!allowed(ThreadKind::Supervisor).contains(&libc::SYS_execve));
+    }
+
+    #[test]
+    fn threads_that_may_not_open_files_get_eacces_from_a_stacked_filter() {
+        for kind in [
+            ThreadKind::Vcpu,
+            ThreadKind::VirtioWorker,
+            ThreadKind::Timer,
+            ThreadKind::Tracer,
+        ] {
+            assert_eq!(programs(kind, Mode::Kill).unwrap().len(), 2, "{kind:?}");
+        }
+        assert_eq!(
+            programs(ThreadKind::Supervisor, Mode::Kill).unwrap().len(),
+            1
+        );
+        assert!(programs(ThreadKind::Vcpu, Mode::Off).unwrap().is_empty());
     }
 
     #[test]

@@ -409,6 +409,16 @@ fn inject_fault(f: crate::cli::FaultInject) {
     use crate::cli::FaultInject;
     match f {
         FaultInject::PanicVcpu => panic!("fault injection: vCPU thread panic"),
+        FaultInject::ArenaShrinkVcpu => {
+            // 4096 blocks of 1000 bytes (below the mmap threshold: in this
+            // thread's arena), freed from the top: the top chunk passes the
+            // trim threshold and glibc shrinks the heap (shrink_heap), whose
+            // first call in a process opens /proc/sys/vm/overcommit_memory.
+            let mut v: Vec<Vec<u8>> = (0..4096).map(|i| vec![i as u8; 1000]).collect();
+            while let Some(b) = v.pop() {
+                std::hint::black_box(b);
+            }
+        }
         FaultInject::SeccompVcpu => {
             // getppid is on no thread's allow-list, and harmless when the
             // filters are off (ptrace, tried first, made the test process
