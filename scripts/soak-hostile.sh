@@ -9,12 +9,15 @@
 #     OUT_DIR     where failing runs' logs and the summary go (default
 #                 ./hostile-soak)
 # Two runs at a time (one per core); transports alternate mmio/pci.
-# SPLITVM=PATH uses that binary instead of building target/release/splitvm.
+# SPLITVM=PATH uses that binary instead of building target/release/splitvm;
+# CPUS=N gives each guest N vCPUs (default 2, the shape of the run that once
+# ended with status 12: a vCPU thread shrinking its malloc arena).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 secs=${1:-600}
 seed=${2:-1000}
 out=${3:-hostile-soak}
+cpus=${CPUS:-2}
 mkdir -p "$out"
 if [[ -n "${SPLITVM:-}" ]]; then
     bin=$SPLITVM
@@ -33,7 +36,7 @@ one() { # seed transport
     truncate -s 1M "$d/rw.img"
     local st=0
     /usr/bin/env time -f '%M' -o "$d/rss" "$bin" run --kernel "$guest" --test-devices --serial none \
-        --log-level off --timeout 300 --transport "$t" --cmdline "seed=$s" --memory 64M \
+        --log-level off --timeout 300 --transport "$t" --cmdline "seed=$s" --memory 64M --cpus "$cpus" \
         --disk "$d/ro.img,readonly" --disk "$d/rw.img" >"$d/out" 2>"$d/err" || st=$?
     local rss; rss=$(tail -n1 "$d/rss" 2>/dev/null || echo 0)
     local ok=1
@@ -64,7 +67,7 @@ runs=$(wc -l <"$results")
 fails=$(grep -c '^FAIL' "$results" || true)
 maxrss=$(awk '{print $4}' "$results" | sort -n | tail -n1)
 {
-    echo "hostile soak: $runs runs, seeds ${2:-1000}..$((seed - 1)), $((SECONDS - start)) s"
+    echo "hostile soak: $runs runs, seeds ${2:-1000}..$((seed - 1)), $cpus vCPUs, $((SECONDS - start)) s"
     echo "failures: $fails (logs in $out/seed-*.err)"
     echo "max RSS: ${maxrss:-0} KiB"
 } | tee "$out/summary.txt"

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod counters;
 pub mod error;
+pub mod forensics;
 pub mod host;
 pub mod initramfs;
 pub mod irqchip;

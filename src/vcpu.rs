@@ -264,7 +264,10 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, mut ctx: VcpuContext) -> VcpuStats {
             ctx.pause.request();
         }
         if ctx.pause.requested() {
-            ctx.pause.park(&mut vcpu, id);
+            let mem = &ctx.mem;
+            ctx.pause.park(&mut vcpu, id, |v| {
+                code_at_rip(v, mem).bytes.map(|b| b.to_vec())
+            });
             continue;
         }
         if let Some(pic) = &pic {
@@ -429,6 +432,47 @@ fn inject_fault(f: crate::cli::FaultInject) {
     }
 }
 
+/// Where a vCPU is: RIP, CS, the physical address of CS:RIP and the 15
+/// bytes there (None when they cannot be read).
+pub struct CodeAt {
+    pub rip: u64,
+    pub cs: u16,
+    pub phys: u64,
+    pub bytes: Option<[u8; 15]>,
+}
+
+/// Read the instruction at `vcpu`'s RIP (through its page tables,
+/// KVM_TRANSLATE). Run on the vCPU's own thread, outside KVM_RUN.
+pub fn code_at_rip(vcpu: &VcpuFd, mem: &GuestMemoryMmap) -> CodeAt {
+    let regs = vcpu.get_regs().ok();
+    let sregs = vcpu.get_sregs().ok();
+    let rip = regs.map(|r| r.rip).unwrap_or(0);
+    let (cs_base, cs) = sregs.map(|s| (s.cs.base, s.cs.selector)).unwrap_or((0, 0));
+    let linear = cs_base.wrapping_add(rip);
+    let phys = vcpu
+        .translate_gva(linear)
+        .ok()
+        .filter(|t| t.valid != 0)
+        .map(|t| t.physical_address)
+        .unwrap_or(linear);
+    let mut bytes = [0u8; 15];
+    let read = mem.read_slice(&mut bytes, GuestAddress(phys)).is_ok();
+    CodeAt {
+        rip,
+        cs,
+        phys,
+        bytes: read.then_some(bytes),
+    }
+}
+
+/// The bytes as hex, space-separated.
+pub fn hex_bytes(b: &[u8]) -> String {
+    b.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// One line: vCPU, RIP, instruction bytes, suberror.
 fn describe_internal_error(
     vcpu: &VcpuFd,
@@ -444,35 +488,21 @@ fn describe_internal_error(
         4 => "unexpected exit reason",
         _ => "internal error",
     };
-    let regs = vcpu.get_regs().ok();
-    let sregs = vcpu.get_sregs().ok();
-    let rip = regs.map(|r| r.rip).unwrap_or(0);
-    let (cs_base, cs_sel) = sregs.map(|s| (s.cs.base, s.cs.selector)).unwrap_or((0, 0));
-    let linear = cs_base.wrapping_add(rip);
-    let phys = vcpu
-        .translate_gva(linear)
-        .ok()
-        .filter(|t| t.valid != 0)
-        .map(|t| t.physical_address)
-        .unwrap_or(linear);
-    let mut bytes = [0u8; 15];
-    let read = mem.read_slice(&mut bytes, GuestAddress(phys)).is_ok();
-    let hint = match (suberror, read) {
-        (1, true) => host_limit_instruction(&bytes)
+    let CodeAt {
+        rip,
+        cs: cs_sel,
+        phys,
+        bytes,
+    } = code_at_rip(vcpu, mem);
+    let hint = match (suberror, bytes) {
+        (1, Some(b)) => host_limit_instruction(&b)
             .map(|n| {
                 format!("; this is {n}, which this host's KVM cannot emulate (docs/host-limits.md)")
             })
             .unwrap_or_default(),
         _ => String::new(),
     };
-    let insn = match read {
-        true => bytes
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(" "),
-        false => "unreadable".to_string(),
-    };
+    let insn = bytes.map_or_else(|| "unreadable".to_string(), |b| hex_bytes(&b));
     let extra = if data.is_empty() {
         String::new()
     } else {

@@ -258,6 +258,20 @@ pub fn attach(
 }
 
 impl VirtioSetup {
+    /// Every active queue's rings, by device name.
+    pub fn rings(&self) -> Vec<(String, Vec<devices::virtio::RingAddrs>)> {
+        self.devices
+            .iter()
+            .map(|a| {
+                let rings = match &a.handle {
+                    Handle::Mmio(t) => lock(t).rings(),
+                    Handle::Pci(d) => lock(d).rings(),
+                };
+                (a.name.clone(), rings)
+            })
+            .collect()
+    }
+
     /// Current counters of every device.
     pub fn reports(&self) -> Vec<VirtioDeviceReport> {
         self.devices

@@ -92,6 +92,13 @@ extern "C" fn on_snapshot_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mu
     SNAPSHOT_SIGNALLED.store(true, Ordering::SeqCst);
 }
 
+/// SIGUSR2: print a stuck-guest report (src/forensics.rs); the VM goes on.
+static STUCK_SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stuck_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    STUCK_SIGNALLED.store(true, Ordering::SeqCst);
+}
+
 fn host_memory_bytes() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
@@ -220,14 +227,18 @@ pub const AGENT_CMDLINE: &str = "splitvm.agent=1";
 pub fn run(args: &RunArgs) -> Result<i32> {
     let started = Instant::now();
     install_panic_hook();
-    // First thing: a SIGUSR1 sent early must not end the process (its
-    // default action); it is taken once the VM runs.
-    if args.snapshot_on_signal.is_some() {
-        register_signal_handler(libc::SIGUSR1, on_snapshot_signal).map_err(|e| Error::Setup {
+    // First thing: a SIGUSR1 or SIGUSR2 sent early must not end the
+    // process (their default action); they are taken once the VM runs.
+    let handler = |sig, f| {
+        register_signal_handler(sig, f).map_err(|e| Error::Setup {
             what: "signal handler",
             msg: e.to_string(),
-        })?;
+        })
+    };
+    if args.snapshot_on_signal.is_some() {
+        handler(libc::SIGUSR1, on_snapshot_signal)?;
     }
+    handler(libc::SIGUSR2, on_stuck_signal)?;
     crate::seccomp::setup(args.seccomp, args.command_mode()).map_err(|msg| Error::Setup {
         what: "seccomp",
         msg,
@@ -299,14 +310,18 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     if let Some(l) = &restore {
         platform.restore(l, &vm_fd, &vcpus)?;
     }
-    // Snapshots save the MSRs KVM lists (read now, before seccomp).
+    // Snapshots save the MSRs KVM lists (read now, before seccomp); a
+    // stuck-guest report needs the TSC and its deadline.
     let msr_indices = if args.snapshot_on_ready.is_some() || args.snapshot_on_signal.is_some() {
         kvm.get_msr_index_list()
             .map_err(crate::error::kvm("KVM_GET_MSR_INDEX_LIST"))?
             .as_slice()
             .to_vec()
     } else {
-        Vec::new()
+        vec![
+            crate::forensics::MSR_TSC,
+            crate::forensics::MSR_TSC_DEADLINE,
+        ]
     };
     let snap = SnapshotSetup {
         vm: vm_fd.clone(),
@@ -929,7 +944,7 @@ fn supervise(
         virtio: &r.virtio,
         command_mode: args.command_mode(),
     };
-    let snapshots = watch(args, started, &r, &inputs);
+    let (snapshots, stuck) = watch(args, started, &r, &inputs);
     let mut stats: Vec<VcpuStats> = Vec::new();
     for h in r.handles {
         match h.join() {
@@ -965,7 +980,8 @@ fn supervise(
         sequence: snapshots,
         elapsed_ms: started.elapsed().as_millis() as u64,
     };
-    let report = inputs.build(&stats, Some(&reason), snap, trace);
+    let mut report = inputs.build(&stats, Some(&reason), snap, trace);
+    report.stuck = stuck;
     if let ExitReason::GuestError(m) | ExitReason::VmmError(m) = &reason {
         eprintln!("splitvm: {m}");
     }
@@ -1000,10 +1016,18 @@ fn supervise(
 }
 
 /// Until every vCPU thread has ended: turn signals, panics, the timeout and
-/// dead vCPU threads into stop requests, kick the vCPUs while stopping, show
-/// progress, write `--stats-interval` snapshots. Returns how many snapshots
-/// were written (the final report's sequence number).
-fn watch(args: &RunArgs, started: Instant, r: &Running, inputs: &ReportInputs) -> u64 {
+/// dead vCPU threads into stop requests (a timeout or a signal first takes
+/// a stuck-guest report, as SIGUSR2 does), kick the vCPUs while stopping,
+/// show progress, write `--stats-interval` snapshots. Returns how many
+/// snapshots were written (the final report's sequence number) and the
+/// last stuck-guest report.
+fn watch(
+    args: &RunArgs,
+    started: Instant,
+    r: &Running,
+    inputs: &ReportInputs,
+) -> (u64, Option<crate::forensics::StuckReport>) {
+    let mut stuck = None;
     let control = &r.control;
     let interval = args.stats_interval.map(Duration::from_secs_f64);
     let mut last_snapshot = Instant::now();
@@ -1031,18 +1055,20 @@ fn watch(args: &RunArgs, started: Instant, r: &Running, inputs: &ReportInputs) -
             // vCPUs parked for a snapshot that will not be taken now.
             control.take_snapshot_request();
             r.snap.pause.resume();
-            for h in r.handles.iter().filter(|h| !h.is_finished()) {
-                // SAFETY: the thread is alive (not finished) so its pthread_t is valid.
-                unsafe { libc::pthread_kill(h.as_pthread_t(), crate::signals::kick_signal()) };
-            }
+            kick_vcpus(r);
         } else {
             let sig = SIGNALLED.load(Ordering::SeqCst);
             if let Some(p) = lock(&PANICKED).clone() {
                 control.request_exit(ExitReason::InternalError(p));
             } else if sig != 0 {
+                // The guest did not finish: say what it was doing first.
+                stuck = Some(take_stuck(r, &format!("signal {sig}"), started));
                 control.request_exit(ExitReason::Signal(sig));
             } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                stuck = Some(take_stuck(r, "timeout", started));
                 control.request_exit(ExitReason::Timeout);
+            } else if STUCK_SIGNALLED.swap(false, Ordering::SeqCst) {
+                stuck = Some(take_stuck(r, "SIGUSR2", started));
             } else if r.handles.iter().any(|h| h.is_finished()) {
                 control.request_exit(ExitReason::VmmError(
                     "a vCPU thread ended unexpectedly".into(),
@@ -1091,7 +1117,7 @@ fn watch(args: &RunArgs, started: Instant, r: &Running, inputs: &ReportInputs) -
     if progress {
         eprint!("\r\x1b[K");
     }
-    snapshot_seq
+    (snapshot_seq, stuck)
 }
 
 /// Take the snapshots asked for: at the guest's first ready
@@ -1136,14 +1162,8 @@ fn take_snapshot(
 ) -> std::result::Result<(), String> {
     let t0 = Instant::now();
     let pause = &r.snap.pause;
-    let kick = || {
-        for h in r.handles.iter().filter(|h| !h.is_finished()) {
-            // SAFETY: the thread is alive (not finished) so its pthread_t is valid.
-            unsafe { libc::pthread_kill(h.as_pthread_t(), crate::signals::kick_signal()) };
-        }
-    };
     let result = pause
-        .pause_all(kick, || r.control.is_stopping(), Duration::from_secs(10))
+        .pause_all(|| kick_vcpus(r), || r.control.is_stopping(), Duration::from_secs(10))
         .and_then(|()| {
             let paused = t0.elapsed();
             r.pio.pause(true);
@@ -1165,6 +1185,45 @@ fn take_snapshot(
             Ok(())
         });
     result
+}
+
+/// Kick every live vCPU thread out of KVM_RUN (or keep it from entering).
+fn kick_vcpus(r: &Running) {
+    for h in r.handles.iter().filter(|h| !h.is_finished()) {
+        // SAFETY: the thread is alive (not finished) so its pthread_t is valid.
+        unsafe { libc::pthread_kill(h.as_pthread_t(), crate::signals::kick_signal()) };
+    }
+}
+
+/// A stuck-guest report (src/forensics.rs), printed on stderr: the vCPUs
+/// park as for a snapshot, read their state, and run on.
+fn take_stuck(r: &Running, trigger: &str, started: Instant) -> crate::forensics::StuckReport {
+    let pause = &r.snap.pause;
+    let vcpus = pause
+        .pause_all(
+            || kick_vcpus(r),
+            || r.control.is_stopping(),
+            crate::forensics::PARK_TIMEOUT,
+        )
+        .and_then(|()| {
+            let v = pause.capture_parked();
+            pause.resume();
+            v
+        });
+    let report = crate::forensics::take(
+        trigger,
+        started.elapsed().as_millis() as u64,
+        vcpus,
+        &crate::forensics::Platform {
+            ioapic: r.irqchip.ioapic(),
+            pic: r.irqchip.pic(),
+            virtio: &r.virtio,
+            mem: &r.mem,
+            control_port: r.control_port.as_deref(),
+        },
+    );
+    eprint!("{}", report.render());
+    report
 }
 
 /// With every vCPU parked: collect the state and write the snapshot.

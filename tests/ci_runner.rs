@@ -137,6 +137,14 @@ fn example_manifest_runs_in_parallel_with_summary_and_valid_junit() {
     assert_eq!(outcome("fails-on-purpose").0, "fail");
     let (kind, secs) = outcome("times-out-on-purpose");
     assert_eq!(kind, "timeout");
+    // Its JUnit message carries the stuck-guest verdict.
+    let message = doc
+        .descendants()
+        .find(|n| n.has_tag_name("testcase") && n.attribute("name") == Some("times-out-on-purpose"))
+        .and_then(|tc| tc.children().find(|c| c.has_tag_name("failure")))
+        .and_then(|f| f.attribute("message"))
+        .unwrap_or("");
+    assert!(message.contains("; stuck: "), "{message}");
     // The case's timeout is 60 s: splitvm ends it by itself (status 124),
     // not the runner's kill, not earlier, and once (no --retries).
     assert!(secs >= 60.0, "timeout case took {secs} s");

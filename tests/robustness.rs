@@ -292,16 +292,26 @@ fn a_system_call_outside_a_threads_allow_list_ends_the_vm_with_one_line_and_stat
 }
 
 #[test]
-fn a_guest_that_never_stops_ends_at_timeout_with_status_6_and_the_report() {
+fn a_guest_that_never_stops_ends_at_timeout_with_status_6_and_says_why() {
     // cli; hlt; jmp back: nothing can wake it.
     let p = raw_guest("timeout", &[0xfa, 0xf4, 0xeb, 0xfd]);
     let d = tmpdir("timeout-report");
     let json = d.join("r.json");
     let o = run_raw_for(&p, "1", &["--stats-json", json.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(6), "{e}");
     let r: serde_json::Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(r["exit_reason"], "timeout");
     assert_eq!(r["exit_status"], 6);
+    // Why: the stuck-guest report, on stderr and in the JSON.
+    let verdict = "splitvm: stuck: vCPU 0 halted with IF=0: nothing can wake it (guest)";
+    assert!(e.lines().any(|l| l == verdict), "{e}");
+    let s = &r["stuck"];
+    assert_eq!(s["trigger"], "timeout");
+    assert_eq!(s["vcpus"][0]["mp_state"], "halted");
+    assert_eq!(s["vcpus"][0]["interrupts_enabled"], false);
+    assert_eq!(s["vcpus"][0]["rip"], 0x100002, "past the hlt");
+    assert_eq!(s["findings"][0]["culprit"], "guest");
     let _ = fs::remove_dir_all(&d);
     let _ = fs::remove_dir_all(p.parent().unwrap());
 }

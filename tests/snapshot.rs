@@ -519,6 +519,11 @@ fn a_manifest_runs_its_cases_from_a_snapshot_and_retries_only_when_asked() {
     assert!(!out.contains("taking snapshot"), "it exists: {out}");
     assert!(out.contains("3 pass, 0 fail, 1 timeout"), "{out}");
     assert!(!out.contains("retry"), "{out}");
+    // The timed-out case says what its guest was doing.
+    let line = out.lines().find(|l| l.contains(" hangs ")).unwrap_or("");
+    assert!(line.contains("; stuck: "), "{out}");
+    let err = fs::read_to_string(dir.join("out/hangs/stderr")).unwrap();
+    assert!(err.contains("splitvm: stuck? state at timeout"), "{err}");
     assert_eq!(
         fs::read_to_string(dir.join("out/argv/stdout")).unwrap(),
         "a b\n"
@@ -536,20 +541,27 @@ fn a_manifest_runs_its_cases_from_a_snapshot_and_retries_only_when_asked() {
     let _ = fs::remove_dir_all(&dir);
 }
 
-/// Restore `snap` running `argv` with `--snapshot-on-signal mid`; once the
-/// command has printed "start", send SIGUSR1 after each of `waits_ms`.
-/// Returns splitvm's output and everything the command printed.
+/// Restore `snap` running `argv` (with `--snapshot-on-signal mid` when
+/// given); once the command has printed "start", send `sig` (SIGUSR1
+/// without `mid`: SIGUSR2) after each of `waits_ms`. Returns splitvm's
+/// output and everything the command printed.
 fn restore_and_signal(
     snap: &Path,
-    mid: &Path,
+    mid: Option<&Path>,
     argv: &[&str],
     waits_ms: &[u64],
 ) -> (Output, String) {
-    let mut child = splitvm()
-        .args(["run", "--restore"])
-        .arg(snap)
-        .arg("--snapshot-on-signal")
-        .arg(mid)
+    let sig = if mid.is_some() {
+        libc::SIGUSR1
+    } else {
+        libc::SIGUSR2
+    };
+    let mut c = splitvm();
+    c.args(["run", "--restore"]).arg(snap);
+    if let Some(mid) = mid {
+        c.arg("--snapshot-on-signal").arg(mid);
+    }
+    let mut child = c
         .args(["--timeout", "300", "--"])
         .args(argv)
         .stdout(Stdio::piped())
@@ -578,13 +590,37 @@ fn restore_and_signal(
     for &wait in waits_ms {
         std::thread::sleep(Duration::from_millis(wait));
         // SAFETY: kill with a valid pid and signal.
-        unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+        unsafe { libc::kill(child.id() as i32, sig) };
     }
     eprintln!("[snapshot] by signal after {:?}", t.elapsed());
     let o = child.wait_with_output().unwrap();
     reader.join().unwrap();
     let out = seen.lock().unwrap().clone();
     (o, out)
+}
+
+/// SIGUSR2 prints what the guest is doing (src/forensics.rs) without
+/// disturbing it: the command runs on to its own status and output.
+#[test]
+fn sigusr2_prints_a_running_linux_guests_state_and_its_command_still_ends_with_its_status() {
+    let snap = linux_snapshot(1);
+    let (o, out) = restore_and_signal(
+        &snap,
+        None,
+        &["sh", "-c", "echo start; sleep 3; echo slept; exit 6"],
+        &[300, 700],
+    );
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(6), "{}", context(&o));
+    assert_eq!(out, "start\nslept\n");
+    assert_eq!(
+        err.matches("splitvm: stuck? state at SIGUSR2").count(),
+        2,
+        "{err}"
+    );
+    assert_eq!(err.matches("\nsplitvm: stuck: ").count(), 2, "{err}");
+    assert!(err.contains("  vCPU 0: "), "{err}");
+    assert!(err.contains("  channel: "), "{err}");
 }
 
 #[test]
@@ -594,7 +630,7 @@ fn a_snapshot_taken_by_signal_mid_command_finishes_that_command_when_restored() 
     let sig_snap = dir.join("mid");
     let (o, out) = restore_and_signal(
         &snap,
-        &sig_snap,
+        Some(&sig_snap),
         &["sh", "-c", "echo start; sleep 4; echo slept; exit 4"],
         &[300],
     );
@@ -715,7 +751,7 @@ fn virtio_blk_requests_in_flight_at_signal_snapshots_complete_exactly_once() {
         "echo start; i=0; while [ $i -lt 8 ]; do echo 3 > /proc/sys/vm/drop_caches; \
          {READ_2M} >> /tmp/sums; i=$((i+1)); done; sort -u /tmp/sums; wc -l < /tmp/sums; exit 7"
     );
-    let (o, out) = restore_and_signal(&snap, &mid, &["sh", "-c", &cmd], &[1500, 1300]);
+    let (o, out) = restore_and_signal(&snap, Some(&mid), &["sh", "-c", &cmd], &[1500, 1300]);
     assert_eq!(o.status.code(), Some(7), "{out}\n{}", context(&o));
     assert_eq!(out, format!("start\n{want}  -\n8\n"), "{}", context(&o));
     assert!(mid.join("state.json").is_file());

@@ -334,7 +334,32 @@ impl ControlPort {
     }
 }
 
+/// What the channel holds for the guest, for a stuck-guest report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ChannelWaiting {
+    /// Bytes in the control port's receive FIFO (the guest has not read).
+    pub in_fifo: usize,
+    /// Bytes queued behind the FIFO.
+    pub queued: usize,
+    /// The guest enabled the receive interrupt (IER bit 0).
+    pub receive_interrupt_enabled: bool,
+    /// The guest said `ready` and waits for a command.
+    pub guest_awaits_command: bool,
+}
+
 impl ControlPort {
+    /// What waits for the guest on the control port.
+    pub fn waiting(&self) -> ChannelWaiting {
+        let uart = self.uart.save();
+        let st = lock(&self.channel.state);
+        ChannelWaiting {
+            in_fifo: uart.0.in_buffer.len(),
+            queued: st.to_guest.len(),
+            receive_interrupt_enabled: uart.0.interrupt_enable & 1 != 0,
+            guest_awaits_command: st.awaiting,
+        }
+    }
+
     /// Send the command to a guest that waits for one (after a snapshot
     /// taken at its `ready`, or after a restore), raising the port's
     /// receive interrupt.

@@ -124,6 +124,20 @@ pub struct IoApicStats {
     pub signal_errors: u64,
 }
 
+/// A pin worth naming when a guest seems stuck ([`IoApic::stuck_pins`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct StuckPin {
+    pub pin: usize,
+    /// The RTE as the guest reads it (Remote IRR included).
+    pub rte: u64,
+    pub vector: u8,
+    pub level_triggered: bool,
+    pub masked: bool,
+    /// The line is asserted (after polarity).
+    pub asserted: bool,
+    pub remote_irr: bool,
+}
+
 /// The programming of one pin, for an interrupt-source registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PinRoute {
@@ -394,6 +408,28 @@ impl IoApic {
             (Some(&rte), Some(&irr)) => rte | if irr { RTE_REMOTE_IRR } else { 0 },
             _ => 0,
         }
+    }
+
+    /// The pins a stuck-guest report names: Remote IRR set (a level
+    /// interrupt waits for its EOI), or masked with the line asserted (an
+    /// interrupt that waits for an unmask).
+    pub fn stuck_pins(&self) -> Vec<StuckPin> {
+        (0..NUM_PINS)
+            .filter_map(|pin| {
+                let rte = self.rte[pin];
+                let masked = rte & RTE_MASKED != 0;
+                let asserted = self.asserted(pin);
+                (self.remote_irr[pin] || (masked && asserted)).then(|| StuckPin {
+                    pin,
+                    rte: self.rte(pin),
+                    vector: (rte & RTE_VECTOR) as u8,
+                    level_triggered: is_level(rte),
+                    masked,
+                    asserted,
+                    remote_irr: self.remote_irr[pin],
+                })
+            })
+            .collect()
     }
 
     pub fn remote_irr(&self, pin: usize) -> bool {

@@ -194,6 +194,14 @@ pub struct PicStats {
     pub reads: u64,
 }
 
+/// One chip's request, in-service and mask registers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PicRegisters {
+    pub irr: u8,
+    pub isr: u8,
+    pub imr: u8,
+}
+
 type Kick = Box<dyn Fn() + Send + Sync>;
 
 /// The master/slave pair, shared by the ISA interrupt lines, the port
@@ -328,6 +336,17 @@ impl Pic {
         };
         self.update(&mut c);
         vector
+    }
+
+    /// IRR, ISR and IMR of the master and the slave, for a stuck-guest
+    /// report.
+    pub fn registers(&self) -> [PicRegisters; 2] {
+        let c = lock(&self.chips);
+        std::array::from_fn(|i| PicRegisters {
+            irr: c[i].irr,
+            isr: c[i].isr,
+            imr: c[i].imr,
+        })
     }
 
     pub fn stats(&self) -> PicStats {

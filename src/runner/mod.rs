@@ -210,7 +210,21 @@ fn run_case(exe: &Path, case: &Case, out_root: &Path, default_cmdline: &str) -> 
     if killed {
         detail = "timed out (killed by the runner)".into();
     }
+    if outcome != Outcome::Pass {
+        if let Some(v) = stuck_verdict(&dir.join("stderr")) {
+            detail = format!("{detail}; stuck: {v}");
+        }
+    }
     result(outcome, status, detail)
+}
+
+/// The last stuck-guest verdict a case's splitvm printed (src/forensics.rs).
+fn stuck_verdict(stderr: &Path) -> Option<String> {
+    let text = read_capped(stderr, 1 << 20);
+    text.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(crate::forensics::VERDICT_PREFIX))
+        .map(str::to_string)
 }
 
 /// Boot once for each snapshot directory the cases name that holds no

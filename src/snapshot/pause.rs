@@ -7,6 +7,10 @@
 //! instruction) and parks. Only when all are parked, so no guest code runs
 //! anywhere and no IPI is in flight, does each save its state
 //! ([`Pause::capture`]); then they wait for [`Pause::resume`].
+//!
+//! The same pause serves a stuck-guest report (src/forensics.rs): the
+//! vCPUs' state is read the same way, and with it the bytes of the
+//! instruction at each RIP.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -17,13 +21,20 @@ use kvm_ioctls::VcpuFd;
 
 use super::vcpu_state::VcpuState;
 
+/// What a parked vCPU saved: its state, and the instruction bytes at its
+/// RIP when they could be read.
+pub struct Parked {
+    pub state: VcpuState,
+    pub code: Option<Vec<u8>>,
+}
+
 #[derive(Default)]
 struct Inner {
-    /// vCPUs parked in this round.
-    parked: usize,
+    /// vCPUs parked in this round, by id.
+    parked: Vec<bool>,
     /// The supervisor asked the parked vCPUs to save their state.
     capture: bool,
-    states: Vec<Option<Result<VcpuState, String>>>,
+    states: Vec<Option<Result<Parked, String>>>,
     /// Bumped by every resume: a parked vCPU waits for it to change.
     round: u64,
 }
@@ -41,6 +52,7 @@ impl Pause {
         Pause {
             requested: AtomicBool::new(false),
             inner: Mutex::new(Inner {
+                parked: vec![false; vcpus],
                 states: (0..vcpus).map(|_| None).collect(),
                 ..Default::default()
             }),
@@ -61,9 +73,10 @@ impl Pause {
         self.requested.store(true, Ordering::Release);
     }
 
-    /// vCPU side: complete the current exit, park, save the state when
-    /// asked, and return once the supervisor resumes.
-    pub fn park(&self, vcpu: &mut VcpuFd, id: u32) {
+    /// vCPU side: complete the current exit, park, save the state (and
+    /// `code`'s instruction bytes) when asked, and return once the
+    /// supervisor resumes.
+    pub fn park(&self, vcpu: &mut VcpuFd, id: u32, code: impl Fn(&VcpuFd) -> Option<Vec<u8>>) {
         vcpu.set_kvm_immediate_exit(1);
         let _ = vcpu.run();
         vcpu.set_kvm_immediate_exit(0);
@@ -72,14 +85,19 @@ impl Pause {
             return; // resumed (given up) before this vCPU got here
         }
         let round = g.round;
-        g.parked += 1;
+        if let Some(p) = g.parked.get_mut(id as usize) {
+            *p = true;
+        }
         self.cond.notify_all();
         while g.round == round && !g.capture {
             g = self.cond.wait(g).unwrap_or_else(|e| e.into_inner());
         }
         if g.round == round {
             drop(g);
-            let s = VcpuState::save(vcpu, id, &self.msr_indices);
+            let s = VcpuState::save(vcpu, id, &self.msr_indices).map(|state| Parked {
+                state,
+                code: code(vcpu),
+            });
             g = lock(&self.inner);
             if let Some(slot) = g.states.get_mut(id as usize) {
                 *slot = Some(s);
@@ -103,17 +121,23 @@ impl Pause {
         self.requested.store(true, Ordering::Release);
         let deadline = Instant::now() + timeout;
         let mut g = lock(&self.inner);
-        let n = g.states.len();
-        while g.parked < n {
+        while g.parked.iter().any(|p| !p) {
             if stopping() {
                 drop(g);
                 self.resume();
                 return Err("the VM stopped".into());
             }
             if Instant::now() >= deadline {
+                let missing: Vec<String> = (0..g.parked.len())
+                    .filter(|&i| !g.parked[i])
+                    .map(|i| i.to_string())
+                    .collect();
                 drop(g);
                 self.resume();
-                return Err(format!("the vCPUs did not pause within {timeout:?}"));
+                return Err(format!(
+                    "vCPU(s) {} did not leave KVM_RUN within {timeout:?}",
+                    missing.join(", ")
+                ));
             }
             kick();
             g = self
@@ -127,6 +151,15 @@ impl Pause {
 
     /// Supervisor side, all parked: every vCPU's state, by vCPU id.
     pub fn capture(&self) -> Result<Vec<VcpuState>, String> {
+        Ok(self
+            .capture_parked()?
+            .into_iter()
+            .map(|p| p.state)
+            .collect())
+    }
+
+    /// [`Pause::capture`] with the instruction bytes at each RIP.
+    pub fn capture_parked(&self) -> Result<Vec<Parked>, String> {
         let mut g = lock(&self.inner);
         g.capture = true;
         self.cond.notify_all();
@@ -143,7 +176,7 @@ impl Pause {
     pub fn resume(&self) {
         let mut g = lock(&self.inner);
         self.requested.store(false, Ordering::Release);
-        g.parked = 0;
+        g.parked.iter_mut().for_each(|p| *p = false);
         g.capture = false;
         for s in &mut g.states {
             *s = None;

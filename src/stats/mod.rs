@@ -136,6 +136,9 @@ pub struct Report {
     pub virtio_devices: Vec<crate::virtio_setup::VirtioDeviceReport>,
     /// Startup timing (src/startup.rs).
     pub startup: crate::startup::StartupReport,
+    /// The last stuck-guest report of the run (a timeout, SIGTERM/SIGINT
+    /// or SIGUSR2; src/forensics.rs), null when none was taken.
+    pub stuck: Option<crate::forensics::StuckReport>,
 }
 
 fn kinds_map(exits: &[u64; EXIT_KINDS.len()]) -> BTreeMap<&'static str, u64> {

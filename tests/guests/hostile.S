@@ -15,7 +15,13 @@
  *     the MSI-X tables and PBAs in them), never the LAPIC or I/O APIC page;
  *   - virtio-mmio devices set up with one queue of garbage descriptors
  *     (loops in `next`, huge lengths, indirect tables of garbage, addresses
- *     outside RAM or above 4 GiB) and notified with random avail indices.
+ *     outside RAM or above 4 GiB) and notified with random avail indices;
+ *   - queue shapes (both transports: virtio-mmio registers, and the
+ *     virtio-pci common configuration of every virtio device on bus 0):
+ *     sizes 8, 256, 32768, 65535 or random, rings in the image's own
+ *     buffers, right below the end of RAM, or straddling it, then a
+ *     notify. (Sizes 32768/65535 with rings at the end of RAM once made a
+ *     vCPU thread shrink its malloc arena and end the VM under seccomp.)
  * Interrupts stay disabled (IF=0) so nothing is taken; RTEs that would
  * deliver NMI/SMI/INIT/ExtINT are written masked (they would stop or reset
  * this guest, which is not the point). Descriptor addresses never point at
@@ -36,6 +42,8 @@ test_name: .asciz "hostile"
 .align 4
 rng:        .long 0x9e3779b9
 ops_done:   .long 0
+ram_end:    .long 0x02000000   /* from multiboot mem_upper (test_main) */
+sizes:      .long 8, 256, 32768, 65535
 
 .bss
 .align 4096
@@ -342,6 +350,8 @@ do_virtq:
     movl $1, 0x20(%esi)         /* VIRTIO_F_VERSION_1 */
     movl $0xb, 0x70(%esi)       /* FEATURES_OK */
     movl $0, 0x30(%esi)         /* QueueSel 0 */
+    bt $3, %ebx                 /* half the time another queue shape */
+    jc 7f
     movl $VQ_NUM, 0x38(%esi)
     movl $vq_desc, 0x80(%esi)
     movl $0, 0x84(%esi)
@@ -349,6 +359,28 @@ do_virtq:
     movl $0, 0x94(%esi)
     movl $vq_used, 0xa0(%esi)
     movl $0, 0xa4(%esi)
+    jmp 8f
+7:  push %ebx
+    call pick_size
+    mov %eax, 0x38(%esi)
+    movzwl %ax, %edi
+    mov %edi, %ecx
+    mov $vq_desc, %ebx
+    call pick_ring
+    mov %eax, 0x80(%esi)
+    movl $0, 0x84(%esi)
+    mov %edi, %ecx
+    mov $vq_avail, %ebx
+    call pick_ring
+    mov %eax, 0x90(%esi)
+    movl $0, 0x94(%esi)
+    mov %edi, %ecx
+    mov $vq_used, %ebx
+    call pick_ring
+    mov %eax, 0xa0(%esi)
+    movl $0, 0xa4(%esi)
+    pop %ebx
+8:
     movl $1, 0x44(%esi)         /* QueueReady */
     movl $0xf, 0x70(%esi)       /* DRIVER_OK */
     /* garbage descriptors and indirect table entries */
@@ -389,12 +421,147 @@ do_virtq:
     pop %ebx
     ret
 
+/* eax = a queue size: 8, 256, 32768, 65535 or a random 16-bit value. */
+pick_size:
+    call rand
+    test $4, %eax
+    jz 1f
+    and $3, %eax
+    mov sizes(,%eax,4), %eax
+    ret
+1:  shr $16, %eax
+    ret
+
+/* eax = a ring address for a queue of ecx entries: one of the image's
+ * own buffers (ebx = which), right below the end of RAM (room for the
+ * largest ring, 16 bytes an entry, rounded to pages), or straddling it. */
+pick_ring:
+    push %ecx
+    call rand
+    pop %ecx
+    and $3, %eax
+    jz 3f
+    cmp $1, %eax
+    je 2f
+    mov ram_end, %eax           /* fits right below the end */
+    shl $4, %ecx
+    add $0x1fff, %ecx
+    and $~0xfff, %ecx
+    sub %ecx, %eax
+    ret
+2:  mov ram_end, %eax           /* straddles the end */
+    sub $0x40, %eax
+    ret
+3:  mov %ebx, %eax
+    ret
+
+/* Shape queue 0 of the virtio-pci device whose BAR 0 is at %esi: reset,
+ * features, a size and rings from pick_size/pick_ring, enable, DRIVER_OK,
+ * notify. */
+pci_shape_queue:
+    push %ebx
+    push %edi
+    movb $0, 0x14(%esi)         /* device_status: reset */
+    movb $1, 0x14(%esi)
+    movb $3, 0x14(%esi)
+    movl $1, 0x08(%esi)         /* driver_feature_select 1 */
+    movl $1, 0x0c(%esi)         /* VIRTIO_F_VERSION_1 */
+    movb $0xb, 0x14(%esi)       /* FEATURES_OK */
+    movw $0, 0x16(%esi)         /* queue_select 0 */
+    call pick_size
+    mov %eax, %edi
+    mov %ax, 0x18(%esi)         /* queue_size */
+    movzwl %di, %ecx
+    mov $vq_desc, %ebx
+    call pick_ring
+    mov %eax, 0x20(%esi)        /* queue_desc */
+    movl $0, 0x24(%esi)
+    movzwl %di, %ecx
+    mov $vq_avail, %ebx
+    call pick_ring
+    mov %eax, 0x28(%esi)        /* queue_driver */
+    movl $0, 0x2c(%esi)
+    movzwl %di, %ecx
+    mov $vq_used, %ebx
+    call pick_ring
+    mov %eax, 0x30(%esi)        /* queue_device */
+    movl $0, 0x34(%esi)
+    movw $1, 0x1c(%esi)         /* queue_enable */
+    movb $0xf, 0x14(%esi)       /* DRIVER_OK */
+    call rand
+    mov %ax, vq_avail + 2       /* (used when the rings are ours) */
+    movzwl 0x1e(%esi), %eax     /* queue_notify_off */
+    and $0x3ff, %eax
+    movl $0, 0x3000(%esi,%eax,4)
+    pop %edi
+    pop %ebx
+    ret
+
+/* PCI configuration dword at %eax (0x80000000 | bdf | reg): read into
+ * eax; write ecx. */
+pci_read:
+    mov $0xcf8, %edx
+    out %eax, (%dx)
+    mov $0xcfc, %edx
+    in (%dx), %eax
+    ret
+pci_write:
+    mov $0xcf8, %edx
+    out %eax, (%dx)
+    mov $0xcfc, %edx
+    mov %ecx, %eax
+    out %eax, (%dx)
+    ret
+
+/* Every virtio device (vendor 0x1af4) on bus 0: BAR 0 placed at
+ * 0xc1000000 + slot * 64 KiB (the random config cycles may have moved or
+ * disabled it), memory decoding and bus mastering on, queue 0 shaped. */
+do_virtq_pci:
+    push %ebx
+    push %esi
+    mov $1, %ebx                /* slot */
+1:  mov %ebx, %eax
+    shl $11, %eax
+    or $0x80000000, %eax
+    call pci_read
+    cmp $0x1af4, %ax
+    jne 8f
+    mov %ebx, %ecx
+    shl $16, %ecx
+    add $0xc1000000, %ecx
+    mov %ecx, %esi
+    mov %ebx, %eax
+    shl $11, %eax
+    or $0x80000010, %eax        /* BAR 0 */
+    call pci_write
+    mov $6, %ecx                /* command: memory + bus master */
+    mov %ebx, %eax
+    shl $11, %eax
+    or $0x80000004, %eax
+    call pci_write
+    call pci_shape_queue
+8:  inc %ebx
+    cmp $32, %ebx
+    jb 1b
+    pop %esi
+    pop %ebx
+    ret
+
 .globl test_main
 test_main:
     cli
     push %ebx
     push %esi
-    call parse_seed
+    mov mb_info, %eax           /* RAM end = 1 MiB + mem_upper KiB */
+    test %eax, %eax
+    jz 1f
+    testl $1, (%eax)
+    jz 1f
+    mov 8(%eax), %eax
+    shl $10, %eax
+    add $0x100000, %eax
+    mov %eax, ram_end
+1:  call parse_seed
     PRINT_DEC "seed state ", rng
     mov $ITERATIONS, %esi
 1:  call rand
@@ -417,7 +584,11 @@ test_main:
     jmp 8f
 4:  call do_ioapic
     jmp 8f
-5:  call do_virtq
+5:  bt $2, %ebx                 /* virtio: mmio or pci, half each */
+    jc 6f
+    call do_virtq
+    jmp 8f
+6:  call do_virtq_pci
 8:  incl ops_done
     dec %esi
     jnz 1b

@@ -448,6 +448,23 @@ impl MmioTransport {
         format!("virtio_mmio.device=4K@{:#x}:{}", self.base, self.pin)
     }
 
+    /// The rings of an active device's ready queues.
+    pub fn rings(&self) -> Vec<super::RingAddrs> {
+        if !self.active {
+            return Vec::new();
+        }
+        (0..self.queues.len())
+            .filter(|&i| self.queues[i].ready)
+            .map(|i| super::RingAddrs {
+                index: i as u16,
+                size: self.queues[i].num as u16,
+                avail: self.queues[i].driver,
+                used: self.queues[i].device,
+                receive: self.device.is_receive_queue(i as u16),
+            })
+            .collect()
+    }
+
     /// Current counters.
     pub fn stats(&self) -> MmioStats {
         let device_counters = self.device.counters();

@@ -148,6 +148,56 @@ pub(crate) fn pause_device(
     }
 }
 
+/// Where an active queue's rings are, for a stuck-guest report: the
+/// transport's registers, no device state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingAddrs {
+    pub index: u16,
+    pub size: u16,
+    /// The available ring (the driver area).
+    pub avail: u64,
+    /// The used ring (the device area).
+    pub used: u64,
+    /// The driver posts empty buffers for the device to fill (a network
+    /// receive queue): outstanding entries are normal there.
+    pub receive: bool,
+}
+
+/// A queue's progress as guest memory shows it: the driver's available
+/// index and the device's used index (virtio 1.2, 2.7.6 and 2.7.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RingProgress {
+    pub index: u16,
+    pub size: u16,
+    pub avail_idx: u16,
+    pub used_idx: u16,
+    pub receive: bool,
+}
+
+impl RingProgress {
+    /// Entries the driver made available that the device has not used.
+    pub fn outstanding(&self) -> u16 {
+        self.avail_idx.wrapping_sub(self.used_idx)
+    }
+}
+
+/// Read `r`'s indices from guest memory (None when a ring is not in it).
+pub fn ring_progress(mem: &GuestMemoryMmap, r: &RingAddrs) -> Option<RingProgress> {
+    use vm_memory::{Bytes, GuestAddress};
+    let idx = |ring: u64| {
+        mem.read_obj::<u16>(GuestAddress(ring.checked_add(2)?))
+            .ok()
+            .map(u16::from_le)
+    };
+    Some(RingProgress {
+        index: r.index,
+        size: r.size,
+        avail_idx: idx(r.avail)?,
+        used_idx: idx(r.used)?,
+        receive: r.receive,
+    })
+}
+
 /// A ready queue handed to the device on activation.
 pub struct ActiveQueue {
     /// Queue index as the guest numbers it.
@@ -196,6 +246,11 @@ pub trait VirtioDevice: Send {
     /// Where each queue of a paused device is.
     fn queue_positions(&self) -> Vec<QueuePosition> {
         Vec::new()
+    }
+    /// Whether queue `index` takes empty buffers for the device to fill
+    /// (a network receive queue; see [`RingAddrs::receive`]).
+    fn is_receive_queue(&self, _index: u16) -> bool {
+        false
     }
     /// Device counters for a statistics report, as (name, value) pairs.
     /// Devices with a worker report at least "notifications" (queue

@@ -660,6 +660,10 @@ impl VirtioDevice for Net {
         // legacy drivers are not supported).
     }
 
+    fn is_receive_queue(&self, index: u16) -> bool {
+        index == RX_QUEUE
+    }
+
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,

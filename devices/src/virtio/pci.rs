@@ -362,6 +362,23 @@ impl VirtioPciDevice {
         self.shared.msix.clone()
     }
 
+    /// The rings of an active device's enabled queues.
+    pub fn rings(&self) -> Vec<super::RingAddrs> {
+        if !self.active {
+            return Vec::new();
+        }
+        (0..self.queues.len())
+            .filter(|&i| self.queues[i].enabled)
+            .map(|i| super::RingAddrs {
+                index: i as u16,
+                size: self.queues[i].size,
+                avail: self.queues[i].driver,
+                used: self.queues[i].device,
+                receive: self.device.is_receive_queue(i as u16),
+            })
+            .collect()
+    }
+
     pub fn stats(&self) -> VirtioPciStats {
         VirtioPciStats {
             no_vector: self.shared.no_vector.load(Ordering::Relaxed),
