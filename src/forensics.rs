@@ -12,9 +12,9 @@
 //! [`PROGRESS_WINDOW`] apart), what the host-guest channel holds for the
 //! guest.
 //!
-//! This module knows the LAPIC register page layout (Intel SDM vol. 3,
-//! 11.4.1) for reading only; the rules are [`findings`], a pure function
-//! of the [`StuckReport`], so each is unit-tested.
+//! The LAPIC page is read through arch::lapic; the rules are
+//! [`findings`], a pure function of the [`StuckReport`], so each is
+//! unit-tested.
 
 use std::time::Duration;
 
@@ -47,16 +47,6 @@ pub const DEADLINE_LOST_MS: f64 = 100.0;
 pub const MSR_TSC: u32 = 0x10;
 pub const MSR_TSC_DEADLINE: u32 = 0x6e0;
 
-// LAPIC register offsets (SDM vol. 3, table 11-1).
-const APIC_TPR: usize = 0x80;
-const APIC_PPR: usize = 0xa0;
-const APIC_SVR: usize = 0xf0;
-const APIC_ISR: usize = 0x100;
-const APIC_IRR: usize = 0x200;
-const APIC_LVTT: usize = 0x320;
-const APIC_TMICT: usize = 0x380;
-const APIC_TMCCT: usize = 0x390;
-const APIC_TDCR: usize = 0x3e0;
 const RFLAGS_IF: u64 = 1 << 9;
 
 /// The LAPIC timer as the guest programmed it.
@@ -177,18 +167,6 @@ pub struct StuckReport {
     pub verdict: String,
 }
 
-fn reg32(regs: &[std::os::raw::c_char; 1024], off: usize) -> u32 {
-    u32::from_le_bytes(std::array::from_fn(|i| regs[off + i] as u8))
-}
-
-/// The highest vector set in the 256-bit register at `off` (ISR, IRR).
-fn highest(regs: &[std::os::raw::c_char; 1024], off: usize) -> Option<u8> {
-    (0..8).rev().find_map(|w| {
-        let v = reg32(regs, off + w * 0x10);
-        (v != 0).then(|| (w * 32 + 31 - v.leading_zeros() as usize) as u8)
-    })
-}
-
 fn mp_state_name(s: u32) -> &'static str {
     match s {
         kvm_bindings::KVM_MP_STATE_RUNNABLE => "runnable",
@@ -203,18 +181,22 @@ fn mp_state_name(s: u32) -> &'static str {
 
 /// The view of one parked vCPU.
 pub fn vcpu_view(p: &Parked) -> VcpuView {
+    use arch::lapic::{self, read as reg32};
     let s = &p.state;
     let regs = &s.lapic.regs;
     let msr = |i: u32| s.msrs.iter().find(|m| m.index == i).map(|m| m.data);
-    let lvtt = reg32(regs, APIC_LVTT);
+    let lvtt = reg32(regs, lapic::LVT_TIMER);
     let mode = match (lvtt >> 17) & 3 {
         0 => "one-shot",
         1 => "periodic",
         2 => "tsc-deadline",
         _ => "reserved",
     };
-    let masked = lvtt & (1 << 16) != 0;
-    let (initial_count, current_count) = (reg32(regs, APIC_TMICT), reg32(regs, APIC_TMCCT));
+    let masked = lvtt & lapic::LVT_MASKED != 0;
+    let (initial_count, current_count) = (
+        reg32(regs, lapic::TIMER_INITIAL_COUNT),
+        reg32(regs, lapic::TIMER_CURRENT_COUNT),
+    );
     let tsc = msr(MSR_TSC).unwrap_or(0);
     let tsc_deadline = msr(MSR_TSC_DEADLINE).unwrap_or(0);
     let fires_in_ms = match mode {
@@ -223,7 +205,7 @@ pub fn vcpu_view(p: &Parked) -> VcpuView {
         }
         "one-shot" | "periodic" if current_count != 0 => {
             // TDCR bits 0, 1, 3: divide by 2, 4, ..., 128, or 1 (0b1011).
-            let d = reg32(regs, APIC_TDCR);
+            let d = reg32(regs, lapic::TIMER_DIVIDE);
             let code = (d & 3) | ((d >> 1) & 4);
             let divide = if code == 7 { 1 } else { 2u64 << code };
             Some((u64::from(current_count) * divide) as f64 / 1e6)
@@ -262,11 +244,11 @@ pub fn vcpu_view(p: &Parked) -> VcpuView {
         code: p.code.as_deref().map(crate::vcpu::hex_bytes),
         interrupts_enabled: s.regs.rflags & RFLAGS_IF != 0,
         interrupt_shadow: e.interrupt.shadow != 0,
-        lapic_enabled: reg32(regs, APIC_SVR) & (1 << 8) != 0,
-        tpr: reg32(regs, APIC_TPR) as u8,
-        ppr: reg32(regs, APIC_PPR) as u8,
-        irr_highest: highest(regs, APIC_IRR),
-        isr_highest: highest(regs, APIC_ISR),
+        lapic_enabled: reg32(regs, lapic::SVR) & lapic::SVR_ENABLE != 0,
+        tpr: reg32(regs, lapic::TPR) as u8,
+        ppr: reg32(regs, lapic::PPR) as u8,
+        irr_highest: lapic::highest_vector(regs, lapic::IRR),
+        isr_highest: lapic::highest_vector(regs, lapic::ISR),
         timer: TimerView {
             mode,
             masked,
@@ -795,17 +777,6 @@ mod tests {
         let mut r = report(Vec::new());
         r.vcpus_unavailable = Some("vCPU(s) 1 did not leave KVM_RUN within 2s".into());
         assert!(r.judge().verdict.contains("stuck inside the kernel (KVM)"));
-    }
-
-    #[test]
-    fn lapic_registers_decode_highest_vectors() {
-        let mut regs = [0 as std::os::raw::c_char; 1024];
-        assert_eq!(highest(&regs, APIC_IRR), None);
-        regs[APIC_IRR + 0x10 * 2] = 0x02u8 as std::os::raw::c_char; // vector 0x41
-        regs[APIC_IRR + 0x10 * 7 + 3] = 0x80u8 as std::os::raw::c_char; // vector 0xff
-        assert_eq!(highest(&regs, APIC_IRR), Some(0xff));
-        regs[APIC_IRR + 0x10 * 7 + 3] = 0;
-        assert_eq!(highest(&regs, APIC_IRR), Some(0x41));
     }
 
     #[test]

@@ -153,9 +153,7 @@ mod tests {
     /// Whether `vector` is pending in the LAPIC's IRR (KVM_GET_LAPIC).
     fn in_irr(vcpu: &kvm_ioctls::VcpuFd, vector: u8) -> bool {
         let l = vcpu.get_lapic().unwrap();
-        let at = 0x200 + usize::from(vector / 32) * 0x10;
-        let word = u32::from_le_bytes(std::array::from_fn(|i| l.regs[at + i] as u8));
-        word >> (vector % 32) & 1 == 1
+        arch::lapic::vector_set(&l.regs, arch::lapic::IRR, vector)
     }
 
     #[test]
@@ -181,7 +179,8 @@ mod tests {
         // Software-enable the LAPIC (SVR bit 8): a disabled one drops
         // fixed interrupts.
         let mut l = vcpu.get_lapic().unwrap();
-        l.regs[0xf1] |= 1;
+        let svr = arch::lapic::read(&l.regs, arch::lapic::SVR);
+        arch::lapic::write(&mut l.regs, arch::lapic::SVR, svr | arch::lapic::SVR_ENABLE);
         vcpu.set_lapic(&l).unwrap();
         let r = c.routing();
         for gsi in 0..devices::interrupt::IOAPIC_PINS as u32 {

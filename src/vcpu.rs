@@ -27,12 +27,6 @@ const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 const MISC_ENABLE_FAST_STRING: u64 = 1;
 const MTRR_ENABLE_WB: u64 = (1 << 11) | 6;
 
-// LAPIC register offsets and LVT delivery modes.
-const APIC_LVT0: usize = 0x350;
-const APIC_LVT1: usize = 0x360;
-const APIC_MODE_NMI: u32 = 0x4;
-const APIC_MODE_EXTINT: u32 = 0x7;
-
 /// Where and how the boot vCPU starts.
 #[derive(Debug, Clone, Copy)]
 pub struct BootState {
@@ -42,17 +36,6 @@ pub struct BootState {
     pub rax: u64,
     pub rbx: u64,
     pub rsp: u64,
-}
-
-fn set_lvt_mode(regs: &mut [std::os::raw::c_char; 1024], offset: usize, mode: u32) {
-    let mut b = [0u8; 4];
-    for (i, v) in b.iter_mut().enumerate() {
-        *v = regs[offset + i] as u8;
-    }
-    let v = (u32::from_le_bytes(b) & !0x700) | (mode << 8);
-    for (i, byte) in v.to_le_bytes().iter().enumerate() {
-        regs[offset + i] = *byte as std::os::raw::c_char;
-    }
 }
 
 /// Create vCPU `id` (APIC ID = id) with its CPUID, LAPIC LVTs and MSRs.
@@ -72,8 +55,9 @@ pub fn create_vcpu(
     vcpu.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
 
     let mut lapic = vcpu.get_lapic().map_err(kvm("KVM_GET_LAPIC"))?;
-    set_lvt_mode(&mut lapic.regs, APIC_LVT0, APIC_MODE_EXTINT);
-    set_lvt_mode(&mut lapic.regs, APIC_LVT1, APIC_MODE_NMI);
+    use arch::lapic;
+    lapic::set_lvt_delivery_mode(&mut lapic.regs, lapic::LVT_LINT0, lapic::DELIVERY_EXTINT);
+    lapic::set_lvt_delivery_mode(&mut lapic.regs, lapic::LVT_LINT1, lapic::DELIVERY_NMI);
     vcpu.set_lapic(&lapic).map_err(kvm("KVM_SET_LAPIC"))?;
 
     let msrs = Msrs::from_entries(&[

@@ -4,6 +4,7 @@
 pub mod acpi;
 pub mod cpuid;
 pub mod gdt;
+pub mod lapic;
 pub mod layout;
 pub mod linux;
 pub mod mptable;

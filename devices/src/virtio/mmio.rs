@@ -450,19 +450,9 @@ impl MmioTransport {
 
     /// The rings of an active device's ready queues.
     pub fn rings(&self) -> Vec<super::RingAddrs> {
-        if !self.active {
-            return Vec::new();
-        }
-        (0..self.queues.len())
-            .filter(|&i| self.queues[i].ready)
-            .map(|i| super::RingAddrs {
-                index: i as u16,
-                size: self.queues[i].num as u16,
-                avail: self.queues[i].driver,
-                used: self.queues[i].device,
-                receive: self.device.is_receive_queue(i as u16),
-            })
-            .collect()
+        let q = self.queues.iter();
+        let q = q.map(|r| (r.num as u16, r.ready, r.driver, r.device));
+        super::active_rings(self.active, self.device.as_ref(), q)
     }
 
     /// Current counters.

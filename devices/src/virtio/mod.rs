@@ -163,6 +163,29 @@ pub struct RingAddrs {
     pub receive: bool,
 }
 
+/// The rings of an active device's queues, from a transport's registers:
+/// (size, enabled, driver area, device area) per queue, in index order.
+pub(crate) fn active_rings(
+    active: bool,
+    device: &dyn VirtioDevice,
+    queues: impl Iterator<Item = (u16, bool, u64, u64)>,
+) -> Vec<RingAddrs> {
+    if !active {
+        return Vec::new();
+    }
+    queues
+        .enumerate()
+        .filter(|(_, q)| q.1)
+        .map(|(i, (size, _, avail, used))| RingAddrs {
+            index: i as u16,
+            size,
+            avail,
+            used,
+            receive: device.is_receive_queue(i as u16),
+        })
+        .collect()
+}
+
 /// A queue's progress as guest memory shows it: the driver's available
 /// index and the device's used index (virtio 1.2, 2.7.6 and 2.7.8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -257,5 +280,35 @@ pub trait VirtioDevice: Send {
     /// notifications consumed from the ioeventfds). Default: none.
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress};
+
+    #[test]
+    fn ring_progress_reads_both_indices_and_outstanding_wraps() {
+        let mem = worker::testutil::memory();
+        let r = RingAddrs {
+            index: 1,
+            size: 8,
+            avail: 0x3000,
+            used: 0x4000,
+            receive: false,
+        };
+        mem.write_obj(3u16.to_le(), GuestAddress(0x3002)).unwrap();
+        mem.write_obj(65534u16.to_le(), GuestAddress(0x4002))
+            .unwrap();
+        let p = ring_progress(&mem, &r).unwrap();
+        assert_eq!((p.index, p.avail_idx, p.used_idx), (1, 3, 65534));
+        assert_eq!(p.outstanding(), 5);
+        // A ring outside guest memory gives nothing.
+        let out = RingAddrs {
+            used: u64::MAX - 1,
+            ..r
+        };
+        assert!(ring_progress(&mem, &out).is_none());
     }
 }

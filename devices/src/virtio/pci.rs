@@ -364,19 +364,9 @@ impl VirtioPciDevice {
 
     /// The rings of an active device's enabled queues.
     pub fn rings(&self) -> Vec<super::RingAddrs> {
-        if !self.active {
-            return Vec::new();
-        }
-        (0..self.queues.len())
-            .filter(|&i| self.queues[i].enabled)
-            .map(|i| super::RingAddrs {
-                index: i as u16,
-                size: self.queues[i].size,
-                avail: self.queues[i].driver,
-                used: self.queues[i].device,
-                receive: self.device.is_receive_queue(i as u16),
-            })
-            .collect()
+        let q = self.queues.iter();
+        let q = q.map(|r| (r.size, r.enabled, r.driver, r.device));
+        super::active_rings(self.active, self.device.as_ref(), q)
     }
 
     pub fn stats(&self) -> VirtioPciStats {
