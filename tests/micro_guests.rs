@@ -106,6 +106,15 @@ impl GuestRun {
             .unwrap_or_else(|| panic!("guest printed no '{prefix}N' line\n{}", self.context()))
     }
 
+    /// The guest printed exactly this line.
+    fn expect_line(&self, want: &str) {
+        assert!(
+            self.serial.lines().any(|l| l.trim_end() == want),
+            "expected the line '{want}'\n{}",
+            self.context()
+        );
+    }
+
     fn expect(&self, what: &str, got: u64, want: u64) {
         assert_eq!(
             got,
@@ -436,11 +445,7 @@ impl JsonExt for Json {
 fn multiboot_cmdline_starts_with_the_image_path_as_qemu_writes_it() {
     let run = run_guest_with("cmdline", 1, &["--cmdline", "a b"]);
     let want = format!("cmdline: [{} a b]", guest_path("cmdline").display());
-    assert!(
-        run.serial.lines().any(|l| l.trim_end() == want),
-        "expected the line '{want}'\n{}",
-        run.context()
-    );
+    run.expect_line(&want);
 }
 
 impl GuestRun {
@@ -604,4 +609,16 @@ fn an_absent_device_has_no_row_in_the_table_or_the_json() {
         "{}",
         with.context()
     );
+}
+
+/// A short run of the timer stress guest (scripts/stress-timer.sh runs
+/// 100,000 iterations under load, beside QEMU): every TSC-deadline expiry
+/// reaches the halted vCPU, and the PIT watchdog runs beside it.
+#[test]
+fn timer_stress_short_run_loses_no_tsc_deadline_expiry() {
+    let run = run_guest_with("timer_stress", 1, &["--cmdline", "iterations=300"]);
+    run.expect_line("iterations 300");
+    run.expect_line("lost 0");
+    assert!(run.pin(2, "delivered") > 0, "the PIT watchdog ticked\n{}", run.context());
+    expect_no_eoi_exits(&run);
 }

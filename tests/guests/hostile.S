@@ -68,45 +68,16 @@ rand:
     mov %eax, rng
     ret
 
-/* Seed from the last run of digits in the multiboot command line. */
+/* Seed from the last number on the multiboot command line. */
 parse_seed:
-    push %esi
-    push %edi
-    mov mb_info, %esi
-    test %esi, %esi
-    jz 9f
-    testl $4, (%esi)
-    jz 9f
-    mov 16(%esi), %esi
-    xor %eax, %eax              /* value of the current digit run */
-    xor %ecx, %ecx              /* a run was seen */
-    xor %edi, %edi              /* inside a run */
-1:  movzbl (%esi), %edx
+    call cmdline_number
     test %edx, %edx
-    jz 3f
-    inc %esi
-    sub $'0', %edx
-    cmp $9, %edx
-    ja 2f
-    test %edi, %edi
-    jnz 4f
-    xor %eax, %eax
-    mov $1, %edi
-4:  imul $10, %eax, %eax
-    add %edx, %eax
-    mov $1, %ecx
-    jmp 1b
-2:  xor %edi, %edi
-    jmp 1b
-3:  test %ecx, %ecx
     jz 9f
     xor $0x9e3779b9, %eax       /* seed 0 must not give state 0 */
     jnz 5f
     inc %eax
 5:  mov %eax, rng
-9:  pop %edi
-    pop %esi
-    ret
+9:  ret
 
 /* Port I/O: eax = random word selecting port, width, direction. */
 do_port:

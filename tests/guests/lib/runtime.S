@@ -335,6 +335,43 @@ isr_exception:
     mov $EXIT_EXCEPTION, %eax
     jmp exit
 
+/* cmdline_number() -> eax = the last run of decimal digits on the
+ * multiboot command line, edx = 1 if there was one (else 0, eax 0). */
+.globl cmdline_number
+cmdline_number:
+    push %esi
+    push %edi
+    xor %eax, %eax              /* value of the current digit run */
+    xor %ecx, %ecx              /* a run was seen */
+    mov mb_info, %esi
+    test %esi, %esi
+    jz 3f
+    testl $4, (%esi)
+    jz 3f
+    mov 16(%esi), %esi
+    xor %edi, %edi              /* inside a run */
+1:  movzbl (%esi), %edx
+    test %edx, %edx
+    jz 3f
+    inc %esi
+    sub $'0', %edx
+    cmp $9, %edx
+    ja 2f
+    test %edi, %edi
+    jnz 4f
+    xor %eax, %eax
+    mov $1, %edi
+4:  imul $10, %eax, %eax
+    add %edx, %eax
+    mov $1, %ecx
+    jmp 1b
+2:  xor %edi, %edi
+    jmp 1b
+3:  mov %ecx, %edx
+    pop %edi
+    pop %esi
+    ret
+
 /* irq_set_hook(eax = vector, edx = function) */
 .globl irq_set_hook
 irq_set_hook:
