@@ -183,6 +183,11 @@ pub struct RunArgs {
     /// Transport for --disk and --net devices.
     #[arg(long, value_enum, default_value_t = Transport::Pci)]
     pub transport: Transport,
+    /// The irqchip: split (the default: KVM's LAPICs; splitvm's I/O APIC,
+    /// 8259 pair, PIT and every route) or kernel (KVM's own 8259 pair,
+    /// I/O APIC and PIT). With --restore, only the snapshot's own mode.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub irqchip: Option<crate::irqchip::IrqChipMode>,
     /// Leave out the i8254 PIT (pin 2). Linux guests with kvmclock and the
     /// TSC-deadline timer do not need it; see docs/guest-kernel.md.
     #[arg(long)]

@@ -537,8 +537,7 @@ impl StuckReport {
 
 /// What the platform offers a report besides the vCPUs.
 pub struct Platform<'a> {
-    pub ioapic: &'a std::sync::Mutex<devices::ioapic::IoApic>,
-    pub pic: &'a devices::pic::Pic,
+    pub irqchip: &'a dyn crate::irqchip::IrqChip,
     pub virtio: &'a crate::virtio_setup::VirtioSetup,
     pub mem: &'a vm_memory::GuestMemoryMmap,
     pub control_port: Option<&'a std::sync::Mutex<devices::channel::ControlPort>>,
@@ -587,17 +586,17 @@ pub fn take(
             }
         })
         .collect();
-    let [master, slave] = p.pic.registers();
+    let ([master, slave], output) = p.irqchip.pic_registers();
     StuckReport {
         trigger: trigger.to_string(),
         at_ms,
         vcpus,
         vcpus_unavailable,
-        ioapic_pins: lock(p.ioapic).stuck_pins(),
+        ioapic_pins: p.irqchip.stuck_pins(),
         pic: PicView {
             master,
             slave,
-            output: p.pic.output(),
+            output,
         },
         virtio_queues,
         channel: p.control_port.map(|c| lock(c).waiting()),

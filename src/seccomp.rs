@@ -195,6 +195,10 @@ const KVM_GET_XSAVE: u64 = 0x9000_aea4;
 const KVM_GET_XCRS: u64 = 0x8188_aea6;
 const KVM_GET_CLOCK: u64 = 0x8030_ae7c;
 const KVM_GET_TSC_KHZ: u64 = 0xaea3;
+// KVM's in-kernel irqchip, read by the supervisor for reports, stuck-guest
+// reports and snapshots (--irqchip kernel).
+const KVM_GET_IRQCHIP: u64 = 0xc208_ae62;
+const KVM_GET_PIT2: u64 = 0x8070_ae9f;
 
 /// The ioctls each kind may make (none for the others).
 fn ioctls(kind: ThreadKind) -> &'static [u64] {
@@ -238,6 +242,8 @@ fn ioctls(kind: ThreadKind) -> &'static [u64] {
             TCGETS,
             KVM_GET_CLOCK,
             KVM_IRQ_LINE,
+            KVM_GET_IRQCHIP,
+            KVM_GET_PIT2,
         ],
     }
 }
@@ -539,6 +545,11 @@ mod tests {
         assert_eq!(KVM_GET_CLOCK, ior(0x7c, size_of::<kvm_clock_data>()));
         assert_eq!(KVM_GET_REGS, ior(0x81, size_of::<kvm_regs>()));
         assert_eq!(KVM_GET_TSC_KHZ, 0xae << 8 | 0xa3, "_IO(KVMIO, 0xa3)");
+        assert_eq!(
+            KVM_GET_IRQCHIP,
+            3 << 30 | (size_of::<kvm_irqchip>() as u64) << 16 | 0xae62
+        );
+        assert_eq!(KVM_GET_PIT2, ior(0x9f, size_of::<kvm_pit_state2>()));
     }
 
     #[test]

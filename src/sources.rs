@@ -32,7 +32,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 
-use devices::ioapic::{PinRoute, PinStats, NUM_PINS};
+use devices::ioapic::{PinRoute, NUM_PINS};
 use devices::{InterruptError, MsiMessage, MsiRouting};
 
 use crate::counters::VcpuStats;
@@ -516,7 +516,7 @@ impl SourceRegistry {
     pub fn report(
         &self,
         routes: &[PinRoute],
-        pins: &[PinStats],
+        pins: &crate::irqchip::PinCounts,
         vcpus: &[VcpuStats],
         trace: Option<(&BTreeMap<usize, TracedCounts>, &[String])>,
     ) -> Vec<SourceReport> {
@@ -563,11 +563,17 @@ impl SourceRegistry {
                     if let Some(rt) = routes.get(pin) {
                         r.routes.push(RouteReport::from_pin(rt));
                     }
-                    let p = pins.get(pin).copied().unwrap_or_default();
-                    r.raised = Some(p.raised);
-                    r.delivered = Some(p.delivered);
-                    r.coalesced = Some(p.coalesced);
-                    r.masked_drops = Some(p.masked_drops);
+                    match pins {
+                        crate::irqchip::PinCounts::Ioapic(v) => {
+                            let p = v.get(pin).copied().unwrap_or_default();
+                            r.raised = Some(p.raised);
+                            r.delivered = Some(p.delivered);
+                            r.coalesced = Some(p.coalesced);
+                            r.masked_drops = Some(p.masked_drops);
+                        }
+                        // KVM's I/O APIC: only the edges splitvm drove.
+                        crate::irqchip::PinCounts::Lines(_) => r.raised = pins.raised(pin),
+                    }
                 }
                 SourceKind::Msi => {
                     if let Some(d) = &s.device_counters {
@@ -646,6 +652,14 @@ pub struct TracedCounts {
     pub kvm_eoi: u64,
     /// kvm_apic_ipi: ICR writes (IPI source only).
     pub apic_ipi: u64,
+    /// kvm_ioapic_set_irq: KVM's in-kernel I/O APIC sent the pin's
+    /// interrupt (`--irqchip kernel`).
+    pub ioapic_set_irq: u64,
+    /// kvm_pic_set_irq: KVM's in-kernel 8259 saw the pin's ISA IRQ.
+    pub pic_set_irq: u64,
+    /// kvm_ioapic_delayed_eoi_inj: KVM's I/O APIC delayed a level
+    /// interrupt's re-delivery after its EOI.
+    pub ioapic_delayed_eoi_inj: u64,
 }
 
 impl TracedCounts {
@@ -666,6 +680,13 @@ impl TracedCounts {
             ("kvm_inj_virq", self.inj_virq, irq),
             ("kvm_eoi", self.kvm_eoi, irq),
             ("kvm_apic_ipi", self.apic_ipi, kind == SourceKind::Ipi),
+            ("kvm_ioapic_set_irq", self.ioapic_set_irq, pin),
+            ("kvm_pic_set_irq", self.pic_set_irq, pin),
+            (
+                "kvm_ioapic_delayed_eoi_inj",
+                self.ioapic_delayed_eoi_inj,
+                pin,
+            ),
         ];
         all.iter()
             .filter(|(e, _, applies)| *applies && fired.iter().any(|f| f == e))
@@ -680,6 +701,9 @@ impl TracedCounts {
             + self.inj_virq
             + self.kvm_eoi
             + self.apic_ipi
+            + self.ioapic_set_irq
+            + self.pic_set_irq
+            + self.ioapic_delayed_eoi_inj
     }
 }
 
@@ -829,7 +853,12 @@ mod tests {
         assert_eq!(r.vector_owners(0x45, Some(1), &[]), vec![i]);
         assert!(r.vector_owners(0x45, Some(0), &[]).is_empty());
         assert_eq!(r.vector_owners(0x50, None, &[]), vec![i]);
-        let rep = r.report(&[], &[], &[], None);
+        let rep = r.report(
+            &[],
+            &crate::irqchip::PinCounts::Ioapic(Vec::new()),
+            &[],
+            None,
+        );
         let row = rep.iter().find(|x| x.id == "msi:msi-test-port").unwrap();
         assert_eq!(row.delivered, Some(3));
         assert_eq!(row.eoi_exits, Some(0));

@@ -49,6 +49,10 @@ pub const EVENTS: &[&str] = &[
     "kvm_apic_ipi",
     "kvm_apicv_inhibit_changed",
     "kvm_pi_irte_update",
+    // KVM's in-kernel irqchip (--irqchip kernel).
+    "kvm_ioapic_set_irq",
+    "kvm_pic_set_irq",
+    "kvm_ioapic_delayed_eoi_inj",
 ];
 
 /// What the trace saw, for the report.
@@ -115,8 +119,9 @@ impl TraceReport {
     }
 }
 
-#[derive(Default)]
 struct State {
+    /// Pin routes learned from kvm_ioapic_set_irq (KVM's irqchip).
+    learned: Vec<PinRoute>,
     counts: BTreeMap<String, u64>,
     exit_reasons: BTreeMap<String, u64>,
     userspace_reasons: BTreeMap<String, u64>,
@@ -125,6 +130,25 @@ struct State {
     unattributed: TracedCounts,
     ipi_vectors: BTreeSet<u8>,
     eoi_without_isr: u64,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            // Unknown until seen: masked, vector 0 (owns nothing).
+            learned: (0..devices::ioapic::NUM_PINS)
+                .map(|pin| PinRoute::of_rte(pin, 1 << 16))
+                .collect(),
+            counts: BTreeMap::new(),
+            exit_reasons: BTreeMap::new(),
+            userspace_reasons: BTreeMap::new(),
+            inhibits: Vec::new(),
+            by_source: BTreeMap::new(),
+            unattributed: TracedCounts::default(),
+            ipi_vectors: BTreeSet::new(),
+            eoi_without_isr: 0,
+        }
+    }
 }
 
 /// A running trace session.
@@ -213,9 +237,12 @@ impl Tracer {
     /// Set up the instance, enable the events, and start the reader.
     /// Call before the vCPU threads start (they are followed through
     /// `event-fork`); [`Tracer::add_threads`] adds them explicitly too.
+    /// `ioapic` is the split irqchip's: events are attributed with its
+    /// routes; without it (KVM's irqchip) the pins' routes are learned
+    /// from kvm_ioapic_set_irq, which names pin and vector.
     pub fn start(
         registry: Arc<SourceRegistry>,
-        ioapic: Arc<Mutex<IoApic>>,
+        ioapic: Option<Arc<Mutex<IoApic>>>,
     ) -> Result<Tracer, String> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
@@ -359,7 +386,7 @@ fn reader(
     stop: Arc<AtomicBool>,
     state: Arc<Mutex<State>>,
     registry: Arc<SourceRegistry>,
-    ioapic: Arc<Mutex<IoApic>>,
+    ioapic: Option<Arc<Mutex<IoApic>>>,
 ) {
     let mut buf = vec![0u8; 1 << 16];
     let mut partial = String::new();
@@ -369,11 +396,18 @@ fn reader(
             Ok(0) => {}
             Ok(n) => {
                 partial.push_str(&String::from_utf8_lossy(&buf[..n]));
-                let routes = lock(&ioapic).routes();
                 let mut st = lock(&state);
+                let mut routes = match &ioapic {
+                    Some(io) => lock(io).routes(),
+                    None => st.learned.clone(),
+                };
+                let kernel = ioapic.is_none();
                 while let Some(i) = partial.find('\n') {
                     let line: String = partial.drain(..=i).collect();
-                    handle_line(line.trim_end(), &mut st, &registry, &routes);
+                    handle_line(line.trim_end(), &mut st, &registry, &routes, kernel);
+                    if kernel {
+                        routes.clone_from(&st.learned);
+                    }
                 }
                 continue;
             }
@@ -419,7 +453,16 @@ fn split_line(line: &str) -> Option<(&str, &str)> {
     Some((&rest[..j], rest[j + 1..].trim()))
 }
 
-fn handle_line(line: &str, st: &mut State, reg: &SourceRegistry, routes: &[PinRoute]) {
+/// One trace line. `kernel`: KVM's own irqchip runs (GSIs below 16 are ISA
+/// IRQs, pin routes are learned from kvm_ioapic_set_irq into
+/// `st.learned`).
+fn handle_line(
+    line: &str,
+    st: &mut State,
+    reg: &SourceRegistry,
+    routes: &[PinRoute],
+    kernel: bool,
+) {
     let Some((event, f)) = split_line(line) else {
         return;
     };
@@ -457,11 +500,51 @@ fn handle_line(line: &str, st: &mut State, reg: &SourceRegistry, routes: &[PinRo
             st.inhibits.push(f.to_string());
         }
         "kvm_set_irq" => {
-            // KVM_IRQ_LINE: GSI i < 24 is I/O APIC pin i.
+            // KVM_IRQ_LINE (and KVM's PIT): GSI i < 24 is I/O APIC pin i in
+            // split mode (its MSI route); with KVM's irqchip, the pin the
+            // PC wires GSI i to.
             if let Some(gsi) = num(field(f, "gsi")) {
-                let srcs: Vec<usize> = reg.pin_source(gsi as usize).into_iter().collect();
+                let pin = if kernel {
+                    crate::irqchip::gsi_pin(gsi as u32)
+                } else {
+                    gsi as usize
+                };
+                let srcs: Vec<usize> = reg.pin_source(pin).into_iter().collect();
                 bump(st, &srcs, |c| c.set_irq += 1);
             }
+        }
+        "kvm_ioapic_set_irq" => {
+            // "pin 4 dst 0 vec 36 (Fixed|physical|edge)": learn the route.
+            if let (Some(pin), Some(vec)) = (num(field(f, "pin")), num(field(f, "vec"))) {
+                let pin = pin as usize;
+                if let Some(slot) = st.learned.get_mut(pin) {
+                    *slot = PinRoute {
+                        pin,
+                        vector: vec as u8,
+                        delivery_mode: 0,
+                        destination: hex(field(f, "dst")).unwrap_or(0) as u32,
+                        dest_logical: f.contains("|logical|"),
+                        level_triggered: f.contains("|level"),
+                        masked: f.contains("|masked"),
+                    };
+                }
+                let srcs: Vec<usize> = reg.pin_source(pin).into_iter().collect();
+                bump(st, &srcs, |c| c.ioapic_set_irq += 1);
+            }
+        }
+        "kvm_pic_set_irq" => {
+            // "chip 0 pin 4 (edge|masked)": ISA IRQ chip * 8 + pin.
+            if let (Some(chip), Some(p)) = (num(field(f, "chip")), num(field(f, "pin"))) {
+                let irq = (chip * 8 + p) as u8;
+                let pin = arch::layout::isa_irq_pin(irq).map(usize::from);
+                let srcs: Vec<usize> = pin.and_then(|p| reg.pin_source(p)).into_iter().collect();
+                bump(st, &srcs, |c| c.pic_set_irq += 1);
+            }
+        }
+        "kvm_ioapic_delayed_eoi_inj" => {
+            let vec = num(field(f, "vec")).unwrap_or(0) as u8;
+            let o = reg.vector_owners(vec, None, routes);
+            bump(st, &o, |c| c.ioapic_delayed_eoi_inj += 1);
         }
         "kvm_msi_set_irq" => {
             let vec = num(field(f, "vec")).unwrap_or(0) as u8;
@@ -541,22 +624,48 @@ mod tests {
         }];
         let mut st = State::default();
         let l = |e: &str| format!(" vcpu0-1 [000] ..... 1.0: {e}");
-        handle_line(&l("kvm_eoi: apicid 0 vector 65"), &mut st, &reg, &routes);
+        handle_line(
+            &l("kvm_eoi: apicid 0 vector 65"),
+            &mut st,
+            &reg,
+            &routes,
+            false,
+        );
         handle_line(
             &l("kvm_apic_accept_irq: apicid 0 vec 65 (Fixed|level)"),
             &mut st,
             &reg,
             &routes,
+            false,
         );
         handle_line(
             &l("kvm_apic_ipi: dst 1 vec 80 (Fixed|physical|assert|edge|dst)"),
             &mut st,
             &reg,
             &routes,
+            false,
         );
-        handle_line(&l("kvm_eoi: apicid 1 vector 80"), &mut st, &reg, &routes);
-        handle_line(&l("kvm_eoi: apicid 0 vector 236"), &mut st, &reg, &routes);
-        handle_line(&l("kvm_eoi: apicid 0 vector -1"), &mut st, &reg, &routes);
+        handle_line(
+            &l("kvm_eoi: apicid 1 vector 80"),
+            &mut st,
+            &reg,
+            &routes,
+            false,
+        );
+        handle_line(
+            &l("kvm_eoi: apicid 0 vector 236"),
+            &mut st,
+            &reg,
+            &routes,
+            false,
+        );
+        handle_line(
+            &l("kvm_eoi: apicid 0 vector -1"),
+            &mut st,
+            &reg,
+            &routes,
+            false,
+        );
         assert_eq!(st.eoi_without_isr, 1);
         assert_eq!(st.by_source[&pin11].kvm_eoi, 1);
         assert_eq!(st.by_source[&pin11].apic_accept_irq, 1);
@@ -564,6 +673,38 @@ mod tests {
         assert_eq!(st.by_source[&SOURCE_IPI].apic_ipi, 1);
         assert_eq!(st.by_source[&SOURCE_LAPIC_LOCAL].kvm_eoi, 1);
         assert_eq!(st.counts["kvm_eoi"], 4);
+    }
+
+    #[test]
+    fn with_kvms_irqchip_pin_routes_are_learned_and_gsi_0_is_the_pit_pin() {
+        let mut reg = SourceRegistry::new();
+        let pit = reg.name_pin(2, "pit").unwrap();
+        let serial = reg.name_pin(4, "serial").unwrap();
+        let mut st = State::default();
+        let l = |e: &str| format!(" vcpu0-1 [000] ..... 1.0: {e}");
+        let feed = |st: &mut State, e: &str| {
+            let routes = st.learned.clone();
+            handle_line(&l(e), st, &reg, &routes, true);
+        };
+        feed(&mut st, "kvm_set_irq: gsi 0 level 1 source 0");
+        feed(&mut st, "kvm_pic_set_irq: chip 0 pin 0 (edge|masked)");
+        feed(
+            &mut st,
+            "kvm_ioapic_set_irq: pin 2 dst 0 vec 48 (Fixed|physical|edge)",
+        );
+        feed(&mut st, "kvm_apic_accept_irq: apicid 0 vec 48 (Fixed|edge)");
+        feed(&mut st, "kvm_eoi: apicid 0 vector 48");
+        feed(
+            &mut st,
+            "kvm_ioapic_set_irq: pin 4 dst 0 vec 36 (Fixed|physical|edge)",
+        );
+        feed(&mut st, "kvm_pic_set_irq: chip 0 pin 4 (edge|masked)");
+        let p = &st.by_source[&pit];
+        assert_eq!((p.set_irq, p.pic_set_irq, p.ioapic_set_irq), (1, 1, 1));
+        assert_eq!((p.apic_accept_irq, p.kvm_eoi), (1, 1));
+        assert_eq!(st.learned[2].vector, 48);
+        let s = &st.by_source[&serial];
+        assert_eq!((s.ioapic_set_irq, s.pic_set_irq), (1, 1));
     }
 
     struct Nop;

@@ -18,7 +18,7 @@ use devices::pic::Pic;
 use devices::{Bus, ExitReason, VmControl};
 
 use crate::error::{kvm, Error, Result};
-use crate::irqchip::SplitIrqChip;
+use crate::irqchip::IrqChip;
 use crate::sources::SourceRegistry;
 use crate::stats::{ExitKind, VcpuCounters, VcpuStats};
 
@@ -130,8 +130,9 @@ pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
 pub struct VcpuContext {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
-    /// The userspace irqchip: EOI exits go to it; vCPU 0 takes its PIC.
-    pub irqchip: Arc<SplitIrqChip>,
+    /// The irqchip: EOI exits go to it; vCPU 0 takes a userspace PIC's
+    /// interrupts.
+    pub irqchip: Arc<dyn IrqChip>,
     pub control: Arc<VmControl>,
     pub mem: GuestMemoryMmap,
     /// This vCPU's counters (written only here, read by the supervisor).
@@ -226,7 +227,11 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, mut ctx: VcpuContext) -> VcpuStats {
     crate::startup::mark_first_kvm_run();
     let run_ptr: *mut kvm_bindings::kvm_run = vcpu.get_kvm_run();
     KVM_RUN.with(|r| r.set(run_ptr));
-    let pic: Option<Arc<Pic>> = ctx.extint.then(|| ctx.irqchip.pic().clone());
+    let pic: Option<Arc<Pic>> = ctx
+        .irqchip
+        .userspace()
+        .filter(|_| ctx.extint)
+        .map(|u| u.pic.clone());
     if let Some(pic) = &pic {
         // A rising PIC output kicks this thread out of KVM_RUN (or a halt).
         // By kernel thread id, not pthread_t: the hook is removed before

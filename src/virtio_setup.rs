@@ -17,7 +17,6 @@ use vm_memory::GuestMemoryMmap;
 
 use arch::layout::VIRTIO_MMIO_START;
 use devices::interrupt::{EventRegistry, SharedGsiAllocator};
-use devices::ioapic::IoApic;
 use devices::pci::{MsixConfig, PciDevice, PciSegment};
 use devices::sync::lock;
 use devices::virtio::block::Block;
@@ -147,7 +146,7 @@ pub struct Wiring<'a> {
     pub mem: &'a GuestMemoryMmap,
     pub routing: Arc<dyn MsiRouting>,
     pub events: Arc<dyn EventRegistry>,
-    pub ioapic: &'a Arc<Mutex<IoApic>>,
+    pub irqchip: &'a dyn crate::irqchip::IrqChip,
     pub control: &'a Arc<VmControl>,
     pub pio: &'a mut Bus,
     pub mmio: &'a mut Bus,
@@ -232,13 +231,13 @@ pub fn attach(
                     size: MMIO_SIZE,
                     gsi: pin,
                 });
-                let t = MmioTransport::new(dev, w.mem.clone(), base, pin, w.events.clone())
+                // The irqfd raises the pin's GSI; the irqchip learns the
+                // pin is driven that way.
+                let gsi = w.irqchip.irqfd_pin(pin as usize);
+                let t = MmioTransport::new(dev, w.mem.clone(), base, gsi, w.events.clone())
                     .map_err(|e| setup_err("virtio-mmio")(e.to_string()))?;
                 setup.cmdline.push(' ');
                 setup.cmdline.push_str(&t.cmdline_fragment());
-                // The irqfd bypasses the userspace I/O APIC: let it drop the
-                // pin's route while the guest masks it.
-                lock(w.ioapic).set_irqfd_driven(pin as usize, true);
                 if let Some(src) = w.sources.name_pin(pin as usize, &name) {
                     w.sources.attach_mmio(src, base, MMIO_SIZE);
                 }

@@ -1,5 +1,6 @@
-//! The KVM VM: capability checks, split irqchip, guest memory, and the GSI
-//! routing table that carries every interrupt splitvm delivers.
+//! The KVM VM: capability checks, the irqchip's KVM side (split, or KVM's
+//! own), guest memory, and the GSI routing table that carries every
+//! interrupt splitvm delivers.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,7 @@ use kvm_ioctls::NoDatamatch;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{kvm, Error, Result};
+use crate::irqchip::IrqChipMode;
 
 /// I/O APIC pins reserved with KVM_CAP_SPLIT_IRQCHIP; pin i is GSI i.
 pub const IOAPIC_PINS: u64 = devices::interrupt::IOAPIC_PINS as u64;
@@ -28,7 +30,6 @@ pub const IOAPIC_PINS: u64 = devices::interrupt::IOAPIC_PINS as u64;
 /// Capabilities splitvm cannot run without, with the name we report.
 const REQUIRED_CAPS: &[(Cap, &str)] = &[
     (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
-    (Cap::SplitIrqchip, "KVM_CAP_SPLIT_IRQCHIP"),
     (Cap::IrqRouting, "KVM_CAP_IRQ_ROUTING"),
     (Cap::Irqfd, "KVM_CAP_IRQFD"),
     (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
@@ -71,6 +72,23 @@ pub fn open_kvm() -> Result<Kvm> {
     Ok(kvm)
 }
 
+/// The capabilities an irqchip mode needs beyond [`REQUIRED_CAPS`].
+pub fn check_irqchip_caps(kvm: &Kvm, mode: IrqChipMode) -> Result<()> {
+    let need: &[(Cap, &'static str)] = match mode {
+        IrqChipMode::Split => &[(Cap::SplitIrqchip, "KVM_CAP_SPLIT_IRQCHIP")],
+        IrqChipMode::Kernel => &[
+            (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+            (Cap::Pit2, "KVM_CAP_PIT2"),
+        ],
+    };
+    for (cap, name) in need {
+        if !kvm.check_extension(*cap) {
+            return Err(Error::MissingCapability(name));
+        }
+    }
+    Ok(())
+}
+
 pub fn host_caps(kvm: &Kvm) -> HostCaps {
     HostCaps {
         tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
@@ -78,24 +96,41 @@ pub fn host_caps(kvm: &Kvm) -> HostCaps {
     }
 }
 
-/// Create the VM with a split irqchip and x2APIC API, and map guest RAM.
-pub fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd> {
+/// Create the VM with the irqchip of `mode` (and, in kernel mode, KVM's
+/// PIT when `pit`) and the x2APIC API, and map guest RAM.
+pub fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap, mode: IrqChipMode, pit: bool) -> Result<VmFd> {
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
         .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
     vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
         .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
 
-    // The split irqchip must exist before any vCPU: LAPICs in KVM, the
-    // I/O APIC (24 pins = GSIs 0..23) in userspace. No KVM_CREATE_IRQCHIP,
-    // no KVM_CREATE_PIT2.
-    let mut cap = kvm_enable_cap {
-        cap: KVM_CAP_SPLIT_IRQCHIP,
-        ..Default::default()
-    };
-    cap.args[0] = IOAPIC_PINS;
-    vm.enable_cap(&cap)
-        .map_err(kvm_err("KVM_CAP_SPLIT_IRQCHIP"))?;
+    // The irqchip must exist before any vCPU. Split: LAPICs in KVM, the
+    // I/O APIC (24 pins = GSIs 0..23) in userspace, no KVM_CREATE_IRQCHIP
+    // and no KVM_CREATE_PIT2. Kernel: KVM's 8259 pair, I/O APIC and PIT
+    // (its speaker port a dummy, as QEMU and Firecracker have it).
+    match mode {
+        IrqChipMode::Split => {
+            let mut cap = kvm_enable_cap {
+                cap: KVM_CAP_SPLIT_IRQCHIP,
+                ..Default::default()
+            };
+            cap.args[0] = IOAPIC_PINS;
+            vm.enable_cap(&cap)
+                .map_err(kvm_err("KVM_CAP_SPLIT_IRQCHIP"))?;
+        }
+        IrqChipMode::Kernel => {
+            vm.create_irq_chip()
+                .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+            if pit {
+                let cfg = kvm_bindings::kvm_pit_config {
+                    flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+                    ..Default::default()
+                };
+                vm.create_pit2(cfg).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+            }
+        }
+    }
 
     let mut cap = kvm_enable_cap {
         cap: KVM_CAP_X2APIC_API,
@@ -144,14 +179,23 @@ pub struct GsiRouter {
     vm: Arc<VmFd>,
     routes: Mutex<BTreeMap<u32, MsiMessage>>,
     installed: [AtomicU64; MAX_GSIS / 64],
+    /// Entries every push carries before the MSI routes: with KVM's
+    /// in-kernel irqchip, the irqchip routes of GSIs 0-23.
+    fixed: Vec<kvm_irq_routing_entry>,
 }
 
 impl GsiRouter {
     pub fn new(vm: Arc<VmFd>) -> Self {
+        Self::with_fixed(vm, Vec::new())
+    }
+
+    /// A router whose every push starts with `fixed` (kernel irqchip).
+    pub fn with_fixed(vm: Arc<VmFd>, fixed: Vec<kvm_irq_routing_entry>) -> Self {
         GsiRouter {
             vm,
             routes: Mutex::new(BTreeMap::new()),
             installed: std::array::from_fn(|_| AtomicU64::new(0)),
+            fixed,
         }
     }
 
@@ -218,6 +262,11 @@ impl GsiRouter {
     fn push(&self, routes: &BTreeMap<u32, MsiMessage>) -> std::result::Result<(), InterruptError> {
         let mut table =
             KvmIrqRouting::new(0).map_err(|e| InterruptError::Routing(format!("{e:?}")))?;
+        for e in &self.fixed {
+            table
+                .push(*e)
+                .map_err(|e| InterruptError::Routing(format!("{e:?}")))?;
+        }
         for (gsi, m) in routes {
             let mut e = kvm_irq_routing_entry {
                 gsi: *gsi,

@@ -32,7 +32,7 @@ use crate::cli::{parse_size, KernelFormat, RunArgs};
 use crate::error::{Error, Result};
 use crate::host;
 use crate::initramfs;
-use crate::irqchip::SplitIrqChip;
+use crate::irqchip::{IrqChip, IrqChipMode};
 use crate::kvm_stats::KvmStats;
 use crate::loader;
 use crate::snapshot::{self, pause::Pause, HostCpu, Machine};
@@ -250,6 +250,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         supported = supported_cpuid(&kvm)?;
         host_cpu = HostCpu::of(&supported);
         let l = snapshot::load(dir, &host_cpu)?;
+        check_restore_irqchip(&l, args)?;
         machine_args = l.state.machine.apply(args);
         check_restore(&l, &machine_args)?;
         restore = Some(l);
@@ -262,6 +263,8 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         restore = None;
         (args, checked)
     };
+    let irqchip_mode = args.irqchip.unwrap_or_default();
+    vm::check_irqchip_caps(&kvm, irqchip_mode)?;
     let caps = vm::host_caps(&kvm);
     if args.cpus as usize > caps.max_vcpus {
         return Err(Error::Cpus {
@@ -273,7 +276,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         Some(l) => l.map_memory(&arch::layout::ram_regions(mem_size))?,
         None => vm::guest_memory(mem_size)?,
     };
-    let vm_fd = Arc::new(vm::create_vm(&kvm, &mem)?);
+    let vm_fd = Arc::new(vm::create_vm(&kvm, &mem, irqchip_mode, !args.no_pit)?);
     // Before any vCPU exists (KVM refuses it after).
     if let Some(mask) = args.disable_exits {
         host::disable_exits(&vm_fd, mask).map_err(|msg| Error::Setup {
@@ -358,7 +361,7 @@ fn is_linux(format: KernelFormat) -> bool {
 /// its interrupt source row in the report).
 struct Platform {
     control: Arc<VmControl>,
-    irqchip: Arc<SplitIrqChip>,
+    irqchip: Arc<dyn IrqChip>,
     pio: Bus,
     mmio: Bus,
     sources: SourceRegistry,
@@ -395,8 +398,8 @@ impl Platform {
             control: control.clone(),
         });
         let mut p = Platform {
-            // The userspace half of the split irqchip (src/irqchip.rs).
-            irqchip: SplitIrqChip::new(vm_fd.clone())?,
+            // The irqchip of --irqchip (src/irqchip/).
+            irqchip: crate::irqchip::create(args.irqchip.unwrap_or_default(), vm_fd.clone())?,
             control,
             pio: Bus::new(),
             mmio: Bus::new(),
@@ -464,17 +467,21 @@ impl Platform {
     }
 
     /// The PC's legacy devices: the 8259 pair, COM1, the i8042 reset line,
-    /// the PIT, the quiet ports, the ACPI PM block.
+    /// the PIT, the quiet ports, the ACPI PM block. (With the in-kernel
+    /// irqchip the 8259 pair and the PIT are KVM's: their ports never
+    /// reach splitvm.)
     fn place_legacy(&mut self, args: &RunArgs, console: SerialOutput) -> Result<()> {
-        let pic_ports = dev(PicPorts(self.irqchip.pic().clone()));
-        for (base, offset) in [
-            (pic::MASTER_BASE, pic::MASTER_OFFSET),
-            (pic::SLAVE_BASE, pic::SLAVE_OFFSET),
-            (pic::ELCR_BASE, pic::ELCR_OFFSET),
-        ] {
-            self.pio
-                .insert_with_offset("pic", base, 2, pic_ports.clone(), offset)
-                .map_err(io_setup("pic"))?;
+        if let Some(u) = self.irqchip.userspace() {
+            let pic_ports = dev(PicPorts(u.pic.clone()));
+            for (base, offset) in [
+                (pic::MASTER_BASE, pic::MASTER_OFFSET),
+                (pic::SLAVE_BASE, pic::SLAVE_OFFSET),
+                (pic::ELCR_BASE, pic::ELCR_OFFSET),
+            ] {
+                self.pio
+                    .insert_with_offset("pic", base, 2, pic_ports.clone(), offset)
+                    .map_err(io_setup("pic"))?;
+            }
         }
         let serial = SerialDevice::new(self.irqchip.isa_line(COM1_PIN as u8), console);
         self.place_uart("serial", COM1_BASE, COM1_PIN, dev(serial))?;
@@ -487,15 +494,21 @@ impl Platform {
             .map_err(io_setup("i8042"))?;
         // The 8254 PIT on ISA IRQ 0 (I/O APIC pin 2), for guests that
         // calibrate or tick with it (see docs/guest-kernel.md).
-        if !args.no_pit {
+        let pit_pin = arch::layout::isa_irq_pin(PIT_ISA_IRQ).map(usize::from);
+        if args.no_pit {
+        } else if self.irqchip.mode() == IrqChipMode::Kernel {
+            // KVM's PIT (vm::create_vm): its pin's source row only.
+            if let Some(p) = pit_pin {
+                self.sources.name_pin(p, "pit");
+            }
+        } else {
             let pit = Pit::new(self.irqchip.isa_line(PIT_ISA_IRQ)).map_err(|e| Error::Setup {
                 what: "PIT timer thread",
                 msg: e.to_string(),
             })?;
             let port61 = pit.port61();
-            let pin = arch::layout::isa_irq_pin(PIT_ISA_IRQ).map(usize::from);
-            self.place_pio("pit", PIT_BASE.into(), PIT_LEN, dev(pit), pin)?;
-            self.place_pio("pit", PORT61.into(), 1, dev(port61), pin)?;
+            self.place_pio("pit", PIT_BASE.into(), PIT_LEN, dev(pit), pit_pin)?;
+            self.place_pio("pit", PORT61.into(), 1, dev(port61), pit_pin)?;
         }
         let quiet = dev(QuietPorts);
         for (name, base, len) in QUIET_PORTS {
@@ -527,16 +540,16 @@ impl Platform {
         let command = args.command_mode().then(|| args.command.clone());
         let ch = Channel::new(self.control.clone(), command);
         let stream =
-            |irqchip: &SplitIrqChip, out: Box<dyn Write + Send>, stderr: bool, pin: usize| {
+            |irqchip: &dyn IrqChip, out: Box<dyn Write + Send>, stderr: bool, pin: usize| {
                 let sink = CountingSink::new(out, ch.clone(), stderr);
                 dev(SerialDevice::new(
                     irqchip.isa_line(pin as u8),
                     SerialOutput::new(Box::new(sink)),
                 ))
             };
-        let stdout = stream(&self.irqchip, Box::new(std::io::stdout()), false, COM2_PIN);
+        let stdout = stream(&*self.irqchip, Box::new(std::io::stdout()), false, COM2_PIN);
         self.place_uart("cmd-stdout", COM2_BASE, COM2_PIN, stdout)?;
-        let stderr = stream(&self.irqchip, Box::new(std::io::stderr()), true, COM3_PIN);
+        let stderr = stream(&*self.irqchip, Box::new(std::io::stderr()), true, COM3_PIN);
         self.place_uart("cmd-stderr", COM3_BASE, COM3_PIN, stderr)?;
         let ctl = Arc::new(Mutex::new(ControlPort::new(
             self.irqchip.isa_line(COM4_PIN as u8),
@@ -554,8 +567,11 @@ impl Platform {
         self.sources.attach_testdev_lines();
         let exit = dev(DebugExit(self.control.clone()));
         self.place_pio("debug-exit", testdev::DEBUG_EXIT_PORT, 4, exit, None)?;
-        let lines =
-            IrqLines::new(self.irqchip.ioapic().clone()).with_pic(self.irqchip.pic().clone());
+        let lines = IrqLines::new(
+            (0..testdev::TESTDEV_IRQ_LINES as u32)
+                .map(|gsi| self.irqchip.line(gsi))
+                .collect(),
+        );
         let (base, len) = (testdev::TESTDEV_IRQ_BASE, testdev::TESTDEV_IRQ_LINES);
         self.place_pio("pc-testdev", base, len, dev(lines), None)?;
         let scratch = dev(Scratch::default());
@@ -590,6 +606,7 @@ impl Platform {
             disks: args.disk.iter().map(|d| absolute_disk(d)).collect(),
             nets: args.net.clone(),
             transport: args.transport,
+            irqchip: self.irqchip.mode(),
         }
     }
 
@@ -630,10 +647,12 @@ impl Platform {
     /// ports with the 0xCF9 reset, BAR window, ECAM) and the virtio devices
     /// (`--disk`, `--net` on `--transport pci|mmio`).
     fn place_buses(&mut self, args: &RunArgs, mem: &vm_memory::GuestMemoryMmap) -> Result<()> {
-        let ioapic: Arc<Mutex<dyn BusDevice>> = self.irqchip.ioapic().clone();
-        self.mmio
-            .insert("ioapic", IOAPIC_BASE, IOAPIC_SIZE, ioapic)
-            .map_err(io_setup("ioapic"))?;
+        if let Some(u) = self.irqchip.userspace() {
+            let ioapic: Arc<Mutex<dyn BusDevice>> = u.ioapic.clone();
+            self.mmio
+                .insert("ioapic", IOAPIC_BASE, IOAPIC_SIZE, ioapic)
+                .map_err(io_setup("ioapic"))?;
+        }
         let pci = PciSegment::new(PCI_MMIO_START, PCI_MMIO_END);
         self.virtio = virtio_setup::attach(
             &args.disk,
@@ -643,7 +662,7 @@ impl Platform {
                 mem,
                 routing: self.irqchip.routing(),
                 events: self.irqchip.events(),
-                ioapic: self.irqchip.ioapic(),
+                irqchip: &*self.irqchip,
                 control: &self.control,
                 pio: &mut self.pio,
                 mmio: &mut self.mmio,
@@ -687,7 +706,8 @@ impl Platform {
         let sources = Arc::new(self.sources);
         let mut trace_unavailable = None;
         let tracer = if args.trace_exits {
-            match Tracer::start(sources.clone(), self.irqchip.ioapic().clone()) {
+            let ioapic = self.irqchip.userspace().map(|u| u.ioapic.clone());
+            match Tracer::start(sources.clone(), ioapic) {
                 Ok(t) => Some(t),
                 Err(e) => {
                     eprintln!("splitvm: --trace-exits: {e}");
@@ -867,6 +887,19 @@ fn supported_cpuid(kvm: &kvm_ioctls::Kvm) -> Result<kvm_bindings::CpuId> {
         .map_err(crate::error::kvm("KVM_GET_SUPPORTED_CPUID"))
 }
 
+/// `--irqchip` with `--restore` may only name the snapshot's own mode.
+fn check_restore_irqchip(l: &snapshot::Loaded, args: &RunArgs) -> Result<()> {
+    let theirs = l.state.machine.irqchip;
+    match args.irqchip {
+        Some(ours) if ours != theirs => Err(Error::Restore(format!(
+            "snapshot '{}' was taken with --irqchip {}; it restores only in that mode (leave --irqchip out)",
+            l.dir.display(),
+            theirs.name()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// A snapshot's machine against the restore's command line: a guest that
 /// waits for a command needs one, and only a guest with the channel can
 /// run one.
@@ -901,7 +934,7 @@ struct SnapshotSetup {
 /// What supervision needs of a running VM.
 struct Running {
     control: Arc<VmControl>,
-    irqchip: Arc<SplitIrqChip>,
+    irqchip: Arc<dyn IrqChip>,
     pio_names: Vec<String>,
     mmio_names: Vec<String>,
     pio: Arc<Bus>,
@@ -934,8 +967,7 @@ fn supervise(
         started,
         pio_names: &r.pio_names,
         mmio_names: &r.mmio_names,
-        ioapic: r.irqchip.ioapic(),
-        pic: r.irqchip.pic(),
+        irqchip: &*r.irqchip,
         msi_injected: r.msi_injected.as_deref(),
         sources: &r.sources,
         kvm_stats: Some(kvm_stats),
@@ -1215,8 +1247,7 @@ fn take_stuck(r: &Running, trigger: &str, started: Instant) -> crate::forensics:
         started.elapsed().as_millis() as u64,
         vcpus,
         &crate::forensics::Platform {
-            ioapic: r.irqchip.ioapic(),
-            pic: r.irqchip.pic(),
+            irqchip: &*r.irqchip,
             virtio: &r.virtio,
             mem: &r.mem,
             control_port: r.control_port.as_deref(),
@@ -1246,7 +1277,7 @@ fn save_paused(
         memory_file: String::new(),
         clock,
         vcpus,
-        irqchip: r.irqchip.save(),
+        irqchip: r.irqchip.save().map_err(|e| e.to_string())?,
         pio: r.pio.save().map_err(|e| e.to_string())?,
         mmio: r.mmio.save().map_err(|e| e.to_string())?,
     };

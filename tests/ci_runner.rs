@@ -129,6 +129,7 @@ fn example_manifest_runs_in_parallel_with_summary_and_valid_junit() {
     for pass in [
         "disk-pci-1cpu",
         "disk-mmio-2cpu",
+        "true-kernel-irqchip",
         "false-is-1",
         "added-script",
     ] {
@@ -168,6 +169,11 @@ fn example_manifest_runs_in_parallel_with_summary_and_valid_junit() {
         serde_json::from_str(&case_out("false-is-1", "report.json")).expect("report JSON");
     assert_eq!(report["exit_reason"], "command-exit");
     assert_eq!(report["exit_status"], 1);
+    assert_eq!(report["irqchip"], "split");
+    // The manifest's `irqchip` key reached the case's splitvm.
+    let kernel: serde_json::Value =
+        serde_json::from_str(&case_out("true-kernel-irqchip", "report.json")).expect("report JSON");
+    assert_eq!(kernel["irqchip"], "kernel");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -286,3 +286,72 @@ fn a_guest_kernel_panic_outside_command_mode_ends_with_status_8() {
     assert_eq!(b.stats["exit_reason"], "guest-panic");
     assert_eq!(b.stats["exit_status"], 8);
 }
+
+/// With KVM's in-kernel irqchip (`--irqchip kernel`): the MP-table kernel
+/// with 2 vCPUs and a virtio-pci disk (MSI-X through KVM's routing table),
+/// and the ACPI-only kernel with 1 vCPU and a virtio-mmio disk (an I/O
+/// APIC pin of KVM's I/O APIC, raised by an irqfd). Both read their disk,
+/// and the report names the mode and has no EOI exit (KVM ends level
+/// interrupts itself).
+#[test]
+fn linux_boots_with_kvms_irqchip_over_pci_and_mmio_with_mp_and_acpi_kernels() {
+    let (_, initrd) = common::guest();
+    let disk = format!("{},readonly", initrd.display());
+    let read = common::run_in_guest("head -c 6 /dev/vda; echo");
+    for (name, kernel, cpus, transport) in [
+        (
+            "linux-kernel-irqchip-mp-pci",
+            common::guest().0.clone(),
+            2,
+            "pci",
+        ),
+        (
+            "linux-kernel-irqchip-acpi-mmio",
+            common::acpi_kernel().clone(),
+            1,
+            "mmio",
+        ),
+    ] {
+        let b = common::boot_kernel(
+            &[],
+            &kernel,
+            name,
+            cpus,
+            &[
+                "--irqchip",
+                "kernel",
+                "--disk",
+                &disk,
+                "--transport",
+                transport,
+            ],
+            &read,
+        );
+        check_boot(&b, name, cpus as usize);
+        let mut lines = b.serial.lines().map(str::trim_end);
+        lines.find(|l| *l == "--- splitvm.run ---");
+        assert_eq!(
+            lines.next(),
+            Some("070701"),
+            "{name}: the disk was not read; tail:\n{}",
+            tail(&b.serial, 20)
+        );
+        assert_eq!(b.stats["irqchip"], "kernel", "{name}");
+        assert!(
+            b.stats["exits"].get("ioapic_eoi").is_none(),
+            "{name}: {}",
+            b.stats["exits"]
+        );
+        assert_eq!(b.stats["ioapic_pins"], serde_json::json!([]), "{name}");
+        // splitvm drove the serial line; KVM counted the rest.
+        let serial = b.stats["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == "ioapic-pin-4")
+            .unwrap()
+            .clone();
+        assert!(serial["raised"].as_u64().unwrap() > 0, "{name}: {serial}");
+        assert!(serial["delivered"].is_null(), "{name}: {serial}");
+    }
+}

@@ -199,7 +199,7 @@ fn rewrite_state(dir: &Path, f: impl FnOnce(&mut Value)) {
     f(&mut v);
     let body = serde_json::to_vec(&v).unwrap();
     let head = format!(
-        "splitvm-snapshot 1 crc32={:08x} bytes={}\n",
+        "splitvm-snapshot 2 crc32={:08x} bytes={}\n",
         crc32fast::hash(&body),
         body.len()
     );
@@ -255,10 +255,10 @@ fn bad_snapshots_are_refused_with_one_line_before_any_vcpu_runs() {
     let body = &raw[raw.iter().position(|&b| b == b'\n').unwrap()..];
     fs::write(
         d.join("state.json"),
-        [b"splitvm-snapshot 2 crc32=0 bytes=0".as_slice(), body].concat(),
+        [b"splitvm-snapshot 3 crc32=0 bytes=0".as_slice(), body].concat(),
     )
     .unwrap();
-    refused(&d, "has format 2");
+    refused(&d, "has format 3");
 
     // Taken on another CPU.
     let d = copy_of_good("cpu");
@@ -838,5 +838,59 @@ fn a_linux_snapshot_with_virtio_net_restores_and_the_network_works() {
         assert_eq!(o.status.code(), Some(0), "restore {i}: {}", context(&o));
         assert_eq!(text(&o.stdout), "NET-OK\n", "restore {i}: {}", context(&o));
     }
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// A snapshot of a guest on KVM's in-kernel irqchip (KVM_GET_IRQCHIP for
+/// both 8259s and the I/O APIC, KVM_GET_PIT2) restores with its commands'
+/// statuses and output; a restore that names the other mode is one line
+/// (status 2 for a micro-guest, 253 with `-- CMD`) before any vCPU runs.
+#[test]
+fn a_kernel_irqchip_snapshot_restores_and_a_restore_in_the_other_mode_is_refused() {
+    let dir = scratch("kernel-irqchip");
+    let snap = dir.join("snap");
+    let o = common::output({
+        let mut c = common::guest_command(
+            &[
+                "--irqchip".into(),
+                "kernel".into(),
+                "--snapshot-on-ready".into(),
+                snap.display().to_string(),
+            ],
+            &["sh", "-c", "echo booted"],
+        );
+        c.stdin(Stdio::null());
+        c
+    });
+    assert_eq!(o.status.code(), Some(0), "{}", context(&o));
+    for i in 0..5u32 {
+        let cmd = format!("grep -c ttyS /proc/interrupts; exit {}", i + 3);
+        let (code, out, r, o) =
+            restore_run(&snap, &dir.join(format!("r{i}.json")), &["sh", "-c", &cmd]);
+        assert_eq!(code, i as i32 + 3, "restore {i}: {}", context(&o));
+        assert_eq!(out, "2\n", "restore {i}: {}", context(&o));
+        assert_eq!(r["irqchip"], "kernel");
+    }
+    let o = splitvm()
+        .args(["run", "--restore"])
+        .arg(&snap)
+        .args(["--irqchip", "split", "--", "true"])
+        .output()
+        .unwrap();
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(253), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("was taken with --irqchip kernel"), "{err}");
+    // A split-mode micro-guest snapshot asked for in kernel mode.
+    let o = splitvm()
+        .args(["run", "--restore"])
+        .arg(good_snapshot())
+        .args(["--irqchip", "kernel"])
+        .output()
+        .unwrap();
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("was taken with --irqchip split"), "{err}");
     let _ = fs::remove_dir_all(&dir);
 }

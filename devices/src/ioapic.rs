@@ -138,6 +138,24 @@ pub struct StuckPin {
     pub remote_irr: bool,
 }
 
+impl StuckPin {
+    /// Pin `pin` with RTE `rte` as the guest reads it (Remote IRR in bit
+    /// 14) and its line `asserted`: Some if the pin is worth naming.
+    pub fn of_rte(pin: usize, rte: u64, asserted: bool) -> Option<StuckPin> {
+        let masked = rte & RTE_MASKED != 0;
+        let remote_irr = rte & RTE_REMOTE_IRR != 0;
+        (remote_irr || (masked && asserted)).then(|| StuckPin {
+            pin,
+            rte,
+            vector: (rte & RTE_VECTOR) as u8,
+            level_triggered: is_level(rte),
+            masked,
+            asserted,
+            remote_irr,
+        })
+    }
+}
+
 /// The programming of one pin, for an interrupt-source registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PinRoute {
@@ -150,6 +168,22 @@ pub struct PinRoute {
     /// Level-triggered in effect (fixed or lowest priority with bit 15 set).
     pub level_triggered: bool,
     pub masked: bool,
+}
+
+impl PinRoute {
+    /// Pin `pin` programmed with RTE `rte` (the guest's view of an 82093AA
+    /// redirection entry; also how KVM's in-kernel I/O APIC keeps it).
+    pub fn of_rte(pin: usize, rte: u64) -> PinRoute {
+        PinRoute {
+            pin,
+            vector: (rte & RTE_VECTOR) as u8,
+            delivery_mode: delivery_mode(rte),
+            destination: ((rte >> 56) as u32) | ((((rte >> 49) & 0x7f) as u32) << 8),
+            dest_logical: rte & RTE_DEST_LOGICAL != 0,
+            level_triggered: is_level(rte),
+            masked: rte & RTE_MASKED != 0,
+        }
+    }
 }
 
 fn delivery_mode(rte: u64) -> u8 {
@@ -415,20 +449,7 @@ impl IoApic {
     /// interrupt that waits for an unmask).
     pub fn stuck_pins(&self) -> Vec<StuckPin> {
         (0..NUM_PINS)
-            .filter_map(|pin| {
-                let rte = self.rte[pin];
-                let masked = rte & RTE_MASKED != 0;
-                let asserted = self.asserted(pin);
-                (self.remote_irr[pin] || (masked && asserted)).then(|| StuckPin {
-                    pin,
-                    rte: self.rte(pin),
-                    vector: (rte & RTE_VECTOR) as u8,
-                    level_triggered: is_level(rte),
-                    masked,
-                    asserted,
-                    remote_irr: self.remote_irr[pin],
-                })
-            })
+            .filter_map(|pin| StuckPin::of_rte(pin, self.rte(pin), self.asserted(pin)))
             .collect()
     }
 
@@ -452,18 +473,7 @@ impl IoApic {
     /// Current programming of every pin.
     pub fn routes(&self) -> Vec<PinRoute> {
         (0..NUM_PINS)
-            .map(|pin| {
-                let rte = self.rte[pin];
-                PinRoute {
-                    pin,
-                    vector: (rte & RTE_VECTOR) as u8,
-                    delivery_mode: delivery_mode(rte),
-                    destination: ((rte >> 56) as u32) | ((((rte >> 49) & 0x7f) as u32) << 8),
-                    dest_logical: rte & RTE_DEST_LOGICAL != 0,
-                    level_triggered: is_level(rte),
-                    masked: rte & RTE_MASKED != 0,
-                }
-            })
+            .map(|pin| PinRoute::of_rte(pin, self.rte[pin]))
             .collect()
     }
 

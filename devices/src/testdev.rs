@@ -3,15 +3,12 @@
 //! splitvm's MSI test port. See docs/test-devices.md.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::bus::BusDevice;
 use crate::control::{ExitReason, VmControl};
 use crate::interrupt::{MsiMessage, MsiRouting};
-use crate::ioapic::IoApic;
 use crate::irq_line::IrqLine;
-use crate::pic::Pic;
-use crate::sync::lock;
 
 pub const DEBUG_EXIT_PORT: u64 = 0xf4;
 pub const TESTDEV_IRQ_BASE: u64 = 0x2000;
@@ -52,41 +49,42 @@ impl BusDevice for DebugExit {
     }
 }
 
-/// pc-testdev IRQ lines: port base+n sets the level of I/O APIC pin n; a
-/// read returns the level the I/O APIC holds for that pin.
+/// pc-testdev IRQ lines: port base+n sets the level of GSI n as QEMU's
+/// pc-testdev does (below 16 an ISA IRQ: 8259 input n and I/O APIC pin
+/// `isa_irq_pin(n)`; from 16 on I/O APIC pin n); a read returns the level
+/// last written. The VMM hands it the 24 lines of its irqchip.
 pub struct IrqLines {
-    ioapic: Arc<Mutex<IoApic>>,
-    pic: Option<Arc<Pic>>,
+    lines: Vec<IrqLine>,
+    /// Bit n: the level last written to line n.
+    levels: u32,
 }
 
 impl IrqLines {
-    pub fn new(ioapic: Arc<Mutex<IoApic>>) -> Self {
-        IrqLines { ioapic, pic: None }
-    }
-    /// Lines 0..16 also drive 8259 input n (QEMU's pc-testdev sets GSI n,
-    /// which on a PC reaches I/O APIC pin n and, below 16, PIC input n).
-    pub fn with_pic(mut self, pic: Arc<Pic>) -> Self {
-        self.pic = Some(pic);
-        self
+    pub fn new(lines: Vec<IrqLine>) -> Self {
+        IrqLines { lines, levels: 0 }
     }
 }
 
-/// Line levels live in the I/O APIC and the 8259 (the irqchip's state).
 impl BusDevice for IrqLines {
+    /// The levels written (the controllers' own state has the lines).
     fn save_state(&self) -> Result<Option<crate::DeviceState>, crate::StateError> {
-        Ok(None)
+        Ok(Some(crate::DeviceState::of(
+            "pc_testdev_lines",
+            &self.levels,
+        )?))
+    }
+    fn restore_state(&mut self, s: &crate::DeviceState) -> Result<(), crate::StateError> {
+        self.levels = s.get("pc_testdev_lines")?;
+        Ok(())
     }
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let level = offset < TESTDEV_IRQ_LINES && lock(&self.ioapic).line_level(offset as usize);
+        let level = offset < self.lines.len() as u64 && self.levels >> offset & 1 == 1;
         put_le(data, level as u64);
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if offset < TESTDEV_IRQ_LINES {
+        if let Some(line) = self.lines.get(offset as usize) {
             let level = data.first().is_some_and(|b| *b != 0);
-            let mut line = IrqLine::new(self.ioapic.clone(), offset as usize);
-            if let Some(pic) = self.pic.as_ref().filter(|_| offset < 16) {
-                line = line.with_pic(pic.clone(), offset as u8);
-            }
+            self.levels = self.levels & !(1 << offset) | u32::from(level) << offset;
             line.set_level(level);
         }
     }
@@ -226,6 +224,8 @@ impl BusDevice for MsiTestPort {
 mod tests {
     use super::*;
     use crate::interrupt::InterruptError;
+    use crate::ioapic::IoApic;
+    use std::sync::Mutex;
 
     #[derive(Default)]
     struct Rec(Mutex<Vec<MsiMessage>>);
@@ -253,7 +253,11 @@ mod tests {
     #[test]
     fn irq_line_write_drives_the_ioapic_pin_and_reads_back() {
         let io = Arc::new(Mutex::new(IoApic::new(Arc::new(Rec::default()))));
-        let mut lines = IrqLines::new(io.clone());
+        let mut lines = IrqLines::new(
+            (0..TESTDEV_IRQ_LINES as usize)
+                .map(|p| IrqLine::new(io.clone(), p))
+                .collect(),
+        );
         lines.write(11, &[1]);
         assert!(io.lock().unwrap().line_level(11));
         let mut d = [0u8; 1];

@@ -19,6 +19,8 @@ pub struct Case {
     pub cpus: u32,
     pub memory: String,
     pub transport: Transport,
+    /// `--irqchip` (the default, split, when absent).
+    pub irqchip: Option<crate::irqchip::IrqChipMode>,
     /// Replaces splitvm's default command line.
     pub cmdline: Option<String>,
     /// Appended to the command line (default or `cmdline`).
@@ -86,6 +88,7 @@ struct RawCase {
     cpus: Option<Spanned<i64>>,
     memory: Option<Spanned<String>>,
     transport: Option<Spanned<String>>,
+    irqchip: Option<Spanned<String>>,
     cmdline: Option<Spanned<String>>,
     extra_cmdline: Option<Spanned<String>>,
     disks: Option<Spanned<Vec<String>>>,
@@ -309,6 +312,17 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Vec<Case>, ManifestEr
                 )
             }
         };
+        let irqchip = match pick!(irqchip).map(|t| (t, t.get_ref().as_str())) {
+            None => None,
+            Some((_, "split")) => Some(crate::irqchip::IrqChipMode::Split),
+            Some((_, "kernel")) => Some(crate::irqchip::IrqChipMode::Kernel),
+            Some((t, other)) => {
+                return ctx.err(
+                    t.span(),
+                    format!("{who}key 'irqchip': '{other}' is not split or kernel"),
+                )
+            }
+        };
         let timeout = match pick!(timeout) {
             Some(t) => {
                 let v = t.get_ref().as_f64();
@@ -381,6 +395,7 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Vec<Case>, ManifestEr
             cpus,
             memory,
             transport,
+            irqchip,
             cmdline: text_of("cmdline", pick!(cmdline))?,
             extra_cmdline: text_of("extra_cmdline", pick!(extra_cmdline))?,
             disks,
@@ -441,7 +456,7 @@ mod tests {
     #[test]
     fn defaults_apply_and_cases_override_them() {
         let cases = check(&format!(
-            "[defaults]\nkernel = '{KERNEL}'\ncpus = 2\ntimeout = 30\n\n[[case]]\nname = 'a'\ncommand = 'exit 3'\nexpect = 3\n\n[[case]]\nname = 'b'\ncpus = 1\ncommand = ['true']\ntransport = 'mmio'\n"
+            "[defaults]\nkernel = '{KERNEL}'\ncpus = 2\ntimeout = 30\n\n[[case]]\nname = 'a'\ncommand = 'exit 3'\nexpect = 3\n\n[[case]]\nname = 'b'\ncpus = 1\ncommand = ['true']\ntransport = 'mmio'\nirqchip = 'kernel'\n"
         ))
         .unwrap();
         assert_eq!(cases.len(), 2);
@@ -452,6 +467,8 @@ mod tests {
         assert_eq!(cases[1].cpus, 1);
         assert_eq!(cases[1].command, ["true"]);
         assert_eq!(cases[1].transport, Transport::Mmio);
+        assert_eq!(cases[1].irqchip, Some(crate::irqchip::IrqChipMode::Kernel));
+        assert_eq!(cases[0].irqchip, None);
     }
 
     #[test]
@@ -498,6 +515,11 @@ mod tests {
         assert!(e.contains("key 'expect'"), "{e}");
         let e = err(&format!("{base}transport = 'usb'\n"));
         assert!(e.contains("key 'transport'"), "{e}");
+        let e = err(&format!("{base}irqchip = 'userspace'\n"));
+        assert!(
+            e.contains("key 'irqchip': 'userspace' is not split or kernel"),
+            "{e}"
+        );
     }
 
     #[test]

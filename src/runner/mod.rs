@@ -125,6 +125,9 @@ fn boot_args(case: &Case, default_cmdline: &str) -> Vec<String> {
             Transport::Mmio => "mmio".into(),
         },
     ];
+    if let Some(m) = case.irqchip {
+        a.extend(["--irqchip".into(), m.name().into()]);
+    }
     if let Some(i) = &case.initrd {
         a.extend(["--initrd".into(), i.display().to_string()]);
     }
@@ -598,6 +601,7 @@ mod tests {
             cpus: 2,
             memory: "256M".into(),
             transport: Transport::Mmio,
+            irqchip: Some(crate::irqchip::IrqChipMode::Kernel),
             cmdline: None,
             extra_cmdline: Some("quiet".into()),
             disks: vec!["/d,readonly".into()],
@@ -617,6 +621,7 @@ mod tests {
         let c = a.iter().position(|x| x == "--cmdline").unwrap();
         assert_eq!(a[c + 1], "console=ttyS0 quiet");
         assert!(a.windows(2).any(|w| w == ["--transport", "mmio"]));
+        assert!(a.windows(2).any(|w| w == ["--irqchip", "kernel"]));
         assert!(a.windows(2).any(|w| w == ["--disk", "/d,readonly"]));
         assert!(a
             .windows(2)
@@ -638,6 +643,7 @@ mod tests {
             "--memory",
             "--cmdline",
             "--transport",
+            "--irqchip",
             "--disk",
         ] {
             assert!(!a.iter().any(|x| x == machine), "{machine} in {a:?}");

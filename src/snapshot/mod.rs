@@ -40,7 +40,7 @@ use crate::irqchip::IrqChipState;
 pub use vcpu_state::VcpuState;
 
 /// The snapshot format this splitvm writes and reads.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 const MAGIC: &str = "splitvm-snapshot";
 pub const STATE_FILE: &str = "state.json";
 const PAGE: usize = 4096;
@@ -120,6 +120,7 @@ pub struct Machine {
     /// `--net` specs; the TAP devices are opened again by name.
     pub nets: Vec<String>,
     pub transport: crate::cli::Transport,
+    pub irqchip: crate::irqchip::IrqChipMode,
 }
 
 impl Machine {
@@ -136,6 +137,7 @@ impl Machine {
         a.disk = self.disks.clone();
         a.net = self.nets.clone();
         a.transport = self.transport;
+        a.irqchip = Some(self.irqchip);
         // A guest with the channel runs a command: as in `-- CMD`, its
         // console stays out of stdout unless asked for.
         if self.channel && a.serial.is_none() {

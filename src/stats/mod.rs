@@ -105,6 +105,8 @@ pub struct Report {
     pub exit_status: i32,
     pub exit_reason: String,
     pub exit_detail: Option<String>,
+    /// `split` or `kernel` (`--irqchip`; added within version 2).
+    pub irqchip: &'static str,
     pub wall_time_ms: u64,
     pub exits: BTreeMap<&'static str, u64>,
     pub total_exits: u64,
@@ -202,8 +204,7 @@ pub struct ReportInputs<'a> {
     pub started: std::time::Instant,
     pub pio_names: &'a [String],
     pub mmio_names: &'a [String],
-    pub ioapic: &'a std::sync::Mutex<devices::ioapic::IoApic>,
-    pub pic: &'a devices::pic::Pic,
+    pub irqchip: &'a dyn crate::irqchip::IrqChip,
     pub msi_injected: Option<&'a AtomicU64>,
     pub sources: &'a crate::sources::SourceRegistry,
     pub kvm_stats: Option<&'a crate::kvm_stats::KvmStats>,
@@ -254,11 +255,14 @@ impl ReportInputs<'_> {
             }
         }
         report.wall_time_ms = self.started.elapsed().as_millis() as u64;
-        let (routes, pins) = {
-            let io = devices::sync::lock(self.ioapic);
-            (io.routes(), io.pin_stats().to_vec())
+        let routes = self.irqchip.pin_routes();
+        let counts = self.irqchip.pin_counts();
+        report.irqchip = self.irqchip.mode().name();
+        let own: &[devices::ioapic::PinStats] = match &counts {
+            crate::irqchip::PinCounts::Ioapic(v) => v,
+            crate::irqchip::PinCounts::Lines(_) => &[],
         };
-        for (pin, p) in pins.iter().enumerate() {
+        for (pin, p) in own.iter().enumerate() {
             if p.raised + p.delivered + p.coalesced + p.masked_drops + p.eoi + p.invalid > 0 {
                 report.ioapic_pins.push(PinReport {
                     pin,
@@ -272,7 +276,11 @@ impl ReportInputs<'_> {
                 });
             }
         }
-        let p = self.pic.stats();
+        let p = self
+            .irqchip
+            .userspace()
+            .map(|u| u.pic.stats())
+            .unwrap_or_default();
         let irqs: Vec<PicIrqReport> = (0..p.raised.len())
             .filter(|&i| p.raised[i] + p.delivered[i] > 0)
             .map(|irq| PicIrqReport {
@@ -308,7 +316,7 @@ impl ReportInputs<'_> {
             .unwrap_or_default();
         report.sources = self.sources.report(
             &routes,
-            &pins,
+            &counts,
             vcpus,
             trace
                 .as_ref()

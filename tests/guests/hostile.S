@@ -32,6 +32,7 @@
 .section .rodata
 .globl test_name
 test_name: .asciz "hostile"
+seed_key:  .asciz "seed="
 
 .equ ITERATIONS,   20000
 .equ VMMIO_BASE,   0xd0000000
@@ -68,9 +69,10 @@ rand:
     mov %eax, rng
     ret
 
-/* Seed from the last number on the multiboot command line. */
+/* Seed from "seed=N" on the multiboot command line. */
 parse_seed:
-    call cmdline_number
+    mov $seed_key, %eax
+    call cmdline_value
     test %edx, %edx
     jz 9f
     xor $0x9e3779b9, %eax       /* seed 0 must not give state 0 */

@@ -1,7 +1,7 @@
 /*
  * timer_stress - does every TSC-deadline expiry reach a halted vCPU?
  *
- * N times (the last number on the command line, "iterations=N"; default
+ * N times ("iterations=N" on the command line; default
  * 100000): arm IA32_TSC_DEADLINE 1 ms ahead, then `sti; hlt` until the
  * timer's vector arrives. A PIT at 100 Hz (I/O APIC pin 2, its own
  * vector) wakes the vCPU as a watchdog: a deadline that passed more than
@@ -25,6 +25,7 @@
 .section .rodata
 .globl test_name
 test_name: .asciz "timer_stress"
+iterations_key: .asciz "iterations="
 
 .data
 .align 8
@@ -56,7 +57,8 @@ test_main:
     push %ebx
     push %esi
     push %edi
-    call cmdline_number
+    mov $iterations_key, %eax
+    call cmdline_value
     test %edx, %edx
     jz 1f
     test %eax, %eax

@@ -335,41 +335,54 @@ isr_exception:
     mov $EXIT_EXCEPTION, %eax
     jmp exit
 
-/* cmdline_number() -> eax = the last run of decimal digits on the
- * multiboot command line, edx = 1 if there was one (else 0, eax 0). */
-.globl cmdline_number
-cmdline_number:
+/* cmdline_value(eax = "key=" string) -> eax = the decimal number that
+ * follows the first "key=" on the multiboot command line, edx = 1 if there
+ * is one (else 0, eax 0). (The command line starts with the image path, so
+ * a bare number would be ambiguous.) */
+.globl cmdline_value
+cmdline_value:
+    push %ebx
     push %esi
     push %edi
-    xor %eax, %eax              /* value of the current digit run */
-    xor %ecx, %ecx              /* a run was seen */
+    mov %eax, %ebx              /* the key */
     mov mb_info, %esi
     test %esi, %esi
-    jz 3f
+    jz 8f
     testl $4, (%esi)
-    jz 3f
-    mov 16(%esi), %esi
-    xor %edi, %edi              /* inside a run */
-1:  movzbl (%esi), %edx
-    test %edx, %edx
-    jz 3f
-    inc %esi
+    jz 8f
+    mov 16(%esi), %esi          /* the command line */
+1:  cmpb $0, (%esi)
+    je 8f
+    mov %esi, %edi              /* does the key start here? */
+    mov %ebx, %ecx
+2:  movb (%ecx), %al
+    test %al, %al
+    jz 3f                       /* the whole key matched */
+    cmpb %al, (%edi)
+    jne 7f
+    inc %ecx
+    inc %edi
+    jmp 2b
+3:  xor %eax, %eax              /* digits after it */
+    xor %ecx, %ecx
+4:  movzbl (%edi), %edx
     sub $'0', %edx
     cmp $9, %edx
-    ja 2f
-    test %edi, %edi
-    jnz 4f
-    xor %eax, %eax
-    mov $1, %edi
-4:  imul $10, %eax, %eax
+    ja 5f
+    imul $10, %eax, %eax
     add %edx, %eax
+    inc %edi
     mov $1, %ecx
+    jmp 4b
+5:  mov %ecx, %edx
+    jmp 9f
+7:  inc %esi
     jmp 1b
-2:  xor %edi, %edi
-    jmp 1b
-3:  mov %ecx, %edx
-    pop %edi
+8:  xor %eax, %eax
+    xor %edx, %edx
+9:  pop %edi
     pop %esi
+    pop %ebx
     ret
 
 /* irq_set_hook(eax = vector, edx = function) */

@@ -1,4 +1,4 @@
-//! The userspace half of the split irqchip, in one owner.
+//! The split irqchip (`--irqchip split`): the userspace half, in one owner.
 //!
 //! KVM keeps the local APICs; splitvm keeps everything that turns a device's
 //! line or message into a LAPIC interrupt, and [`SplitIrqChip`] owns all of
@@ -8,28 +8,27 @@
 //! the 8259 pair (ExtINT to vCPU 0), the GSIs handed to MSI/MSI-X vectors,
 //! and the lines ISA devices drive. docs/architecture.md draws the path.
 //!
-//! Devices get lines ([`isa_line`](SplitIrqChip::isa_line)) or the
-//! routing/eventfd interfaces; the vCPU loop hands KVM_EXIT_IOAPIC_EOI to
-//! [`eoi_exit`](SplitIrqChip::eoi_exit) and vCPU 0 polls the PIC.
+//! Devices get lines ([`IrqChip::line`]) or the routing/eventfd
+//! interfaces; the vCPU loop hands KVM_EXIT_IOAPIC_EOI to
+//! [`IrqChip::eoi_exit`] and vCPU 0 polls the PIC.
 
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
 
-use devices::interrupt::{EventRegistry, GsiAllocator, SharedGsiAllocator, KVM_MAX_IRQ_ROUTES};
-use devices::ioapic::IoApic;
-use devices::pic::Pic;
+use devices::ioapic::{IoApic, PinRoute, StuckPin};
+use devices::pic::{Pic, PicRegisters};
 use devices::sync::lock;
 use devices::{IrqLine, MsiRouting};
 
+use super::{IrqChip, IrqChipMode, IrqChipState, PinCounts, Routes, Userspace};
 use crate::error::{Error, Result};
 use crate::vm::GsiRouter;
 
 pub struct SplitIrqChip {
-    router: Arc<GsiRouter>,
+    routes: Routes,
     ioapic: Arc<Mutex<IoApic>>,
     pic: Arc<Pic>,
-    msi_gsis: SharedGsiAllocator,
 }
 
 impl SplitIrqChip {
@@ -44,70 +43,95 @@ impl SplitIrqChip {
             msg: e.to_string(),
         })?;
         Ok(Arc::new(SplitIrqChip {
-            router,
+            routes: Routes::new(router),
             ioapic,
             pic: Arc::new(Pic::new()),
-            msi_gsis: GsiAllocator::shared(KVM_MAX_IRQ_ROUTES),
         }))
     }
+}
 
-    /// The line of ISA IRQ `irq`: 8259 input `irq` and the I/O APIC pin
-    /// the PC wires it to (`arch::layout::isa_irq_pin`: IRQ 0 -> pin 2).
-    pub fn isa_line(&self, irq: u8) -> IrqLine {
-        let pin = arch::layout::isa_irq_pin(irq).unwrap_or(irq) as usize;
-        IrqLine::new(self.ioapic.clone(), pin).with_pic(self.pic.clone(), irq)
+impl IrqChip for SplitIrqChip {
+    fn mode(&self) -> IrqChipMode {
+        IrqChipMode::Split
     }
 
-    /// MSI routes and one-off MSIs, for MSI-capable devices.
-    pub fn routing(&self) -> Arc<dyn MsiRouting> {
-        self.router.clone()
-    }
-
-    /// irqfds and ioeventfds.
-    pub fn events(&self) -> Arc<dyn EventRegistry> {
-        self.router.clone()
-    }
-
-    /// GSIs for MSI and MSI-X vectors (24 and up).
-    pub fn msi_gsis(&self) -> SharedGsiAllocator {
-        self.msi_gsis.clone()
-    }
-
-    pub fn ioapic(&self) -> &Arc<Mutex<IoApic>> {
-        &self.ioapic
-    }
-
-    pub fn pic(&self) -> &Arc<Pic> {
-        &self.pic
-    }
-
-    /// A KVM_EXIT_IOAPIC_EOI for `vector`: the I/O APIC clears Remote IRR
-    /// of the level pins in service with it (and delivers again while a line
-    /// is still high). Returns those pins as a mask, for the exit report.
-    pub fn eoi_exit(&self, vector: u8) -> u32 {
-        lock(&self.ioapic).end_of_interrupt(vector)
-    }
-
-    /// The userspace irqchip's state for a snapshot (the LAPICs are saved
-    /// with their vCPUs).
-    pub fn save(&self) -> IrqChipState {
-        IrqChipState {
-            ioapic: lock(&self.ioapic).save(),
-            pic: self.pic.save(),
-            routes: self.router.table(),
+    /// Below 16: 8259 input `gsi` and the I/O APIC pin the PC wires it to
+    /// (`arch::layout::isa_irq_pin`: IRQ 0 -> pin 2); above, pin `gsi`.
+    fn line(&self, gsi: u32) -> IrqLine {
+        match u8::try_from(gsi).ok().filter(|g| *g < 16) {
+            Some(irq) => {
+                let pin = arch::layout::isa_irq_pin(irq).unwrap_or(irq) as usize;
+                IrqLine::new(self.ioapic.clone(), pin).with_pic(self.pic.clone(), irq)
+            }
+            None => IrqLine::new(self.ioapic.clone(), gsi as usize),
         }
     }
 
-    /// Put back a saved state, after the vCPUs' LAPICs: the GSI table in
-    /// one push (KVM rescans it for the level vectors whose EOI it must
-    /// report, so an interrupt in service at the snapshot still gets its
-    /// EOI exit), then the I/O APIC and the 8259 registers.
-    pub fn restore(&self, s: &IrqChipState) -> Result<()> {
+    /// The irqfd signals GSI `pin` (its MSI route) and bypasses the I/O
+    /// APIC, which therefore drops the route while the guest masks the pin.
+    fn irqfd_pin(&self, pin: usize) -> u32 {
+        lock(&self.ioapic).set_irqfd_driven(pin, true);
+        pin as u32
+    }
+
+    fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    fn userspace(&self) -> Option<Userspace<'_>> {
+        Some(Userspace {
+            ioapic: &self.ioapic,
+            pic: &self.pic,
+        })
+    }
+
+    /// The I/O APIC clears Remote IRR of the level pins in service with
+    /// `vector` (and delivers again while a line is still high).
+    fn eoi_exit(&self, vector: u8) -> u32 {
+        lock(&self.ioapic).end_of_interrupt(vector)
+    }
+
+    fn pin_routes(&self) -> Vec<PinRoute> {
+        lock(&self.ioapic).routes()
+    }
+
+    fn pin_counts(&self) -> PinCounts {
+        PinCounts::Ioapic(lock(&self.ioapic).pin_stats().to_vec())
+    }
+
+    fn stuck_pins(&self) -> Vec<StuckPin> {
+        lock(&self.ioapic).stuck_pins()
+    }
+
+    fn pic_registers(&self) -> ([PicRegisters; 2], bool) {
+        (self.pic.registers(), self.pic.output())
+    }
+
+    fn save(&self) -> Result<IrqChipState> {
+        Ok(IrqChipState::Split(SplitState {
+            ioapic: lock(&self.ioapic).save(),
+            pic: self.pic.save(),
+            routes: self.routes.router.table(),
+        }))
+    }
+
+    /// The GSI table in one push (KVM rescans it for the level vectors
+    /// whose EOI it must report, so an interrupt in service at the
+    /// snapshot still gets its EOI exit), then the I/O APIC and the 8259
+    /// registers.
+    fn restore(&self, s: &IrqChipState) -> Result<()> {
         let setup = |msg: String| Error::Setup {
             what: "restored interrupt routes",
             msg,
         };
-        self.router
+        let IrqChipState::Split(s) = s else {
+            return Err(Error::Restore(format!(
+                "the snapshot's irqchip is {}; this VM's is split",
+                s.mode().name()
+            )));
+        };
+        self.routes
+            .router
             .replace(&s.routes)
             .map_err(|e| setup(e.to_string()))?;
         let installed = std::array::from_fn(|pin| {
@@ -127,7 +151,7 @@ impl SplitIrqChip {
 /// The split irqchip in a snapshot: the I/O APIC, the 8259 pair and the
 /// whole GSI routing table (pins 0-23 and MSI vectors).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct IrqChipState {
+pub struct SplitState {
     pub ioapic: devices::ioapic::IoApicState,
     pub pic: devices::pic::PicState,
     pub routes: Vec<(u32, devices::MsiMessage)>,
@@ -142,7 +166,7 @@ mod tests {
     fn chip_and_vm() -> (Arc<SplitIrqChip>, Arc<VmFd>) {
         let kvm = crate::vm::open_kvm().expect("/dev/kvm (these tests need KVM)");
         let mem = crate::vm::guest_memory(16 << 20).unwrap();
-        let vm = Arc::new(crate::vm::create_vm(&kvm, &mem).unwrap());
+        let vm = Arc::new(crate::vm::create_vm(&kvm, &mem, IrqChipMode::Split, false).unwrap());
         (SplitIrqChip::new(vm.clone()).unwrap(), vm)
     }
 
@@ -157,16 +181,9 @@ mod tests {
     }
 
     #[test]
-    fn isa_irq_0_drives_ioapic_pin_2_and_pic_input_0() {
-        let c = chip();
-        assert_eq!(c.isa_line(0).pin(), 2);
-        assert_eq!(c.isa_line(4).pin(), 4);
-    }
-
-    #[test]
     fn every_pin_has_a_route_from_the_start() {
         let c = chip();
-        let table = c.router.table();
+        let table = c.routes.router.table();
         for gsi in 0..devices::interrupt::IOAPIC_PINS as u32 {
             assert!(table.iter().any(|(g, _)| *g == gsi), "pin {gsi}");
         }
