@@ -26,6 +26,10 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Run a manifest of guest test cases in parallel (docs/ci-runner.md).
     Test(TestArgs),
+    /// Measure the life of an interrupt on every delivery path (8259, I/O
+    /// APIC edge and level, MSI, MSI-X, IPI, LAPIC timer) in each irqchip
+    /// mode: exits and latency side by side (docs/interrupt-paths.md).
+    Paths(crate::paths::PathsArgs),
 }
 
 #[derive(Args, Debug)]

@@ -46,6 +46,13 @@ fn main() -> ExitCode {
                 })
             }
         },
+        Command::Paths(args) => match splitvm::paths::run(&args) {
+            Ok(status) => ExitCode::from(status as u8),
+            Err(e) => {
+                eprintln!("splitvm: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Test(args) => match splitvm::runner::run(&args) {
             Ok(status) => ExitCode::from(status as u8),
             Err(e) => {

@@ -121,7 +121,8 @@ fn parse_net(spec: &str) -> Result<Net> {
 }
 
 /// MSI-X counters of a virtio-pci device, for the source registry.
-struct MsixCounters(MsixConfig);
+/// An MSI-X function's per-vector counters, for its source row.
+pub(crate) struct MsixCounters(pub(crate) MsixConfig);
 
 impl MsiVectorCounters for MsixCounters {
     fn vectors(&self) -> Vec<MsiVectorSnapshot> {

@@ -313,6 +313,8 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     if let Some(l) = &restore {
         platform.restore(l, &vm_fd, &vcpus)?;
     }
+    // The guest TSC's rate, for reports (guests time themselves with it).
+    let tsc_khz = vcpus.first().and_then(|v| v.get_tsc_khz().ok());
     // Snapshots save the MSRs KVM lists (read now, before seccomp); a
     // stuck-guest report needs the TSC and its deadline.
     let msr_indices = if args.snapshot_on_ready.is_some() || args.snapshot_on_signal.is_some() {
@@ -332,7 +334,8 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         machine: platform.machine(args, mem_size),
         pause: Arc::new(Pause::new(vcpus.len(), msr_indices)),
     };
-    let running = platform.start(args, vcpus, &mem, snap)?;
+    let mut running = platform.start(args, vcpus, &mem, snap)?;
+    running.tsc_khz = tsc_khz;
     supervise(
         args,
         started,
@@ -592,6 +595,25 @@ impl Platform {
         self.place_pio("ready-port", testdev::READY_PORT, 1, ready, None)
     }
 
+    /// `--test-devices`: the MSI-X test function on PCI bus 0
+    /// (devices/src/pci/msix_testdev.rs), an MSI source in the report.
+    fn place_msix_testdev(&mut self, pci: &Arc<PciSegment>) -> Result<()> {
+        use devices::pci::msix_testdev::MsixTestDevice;
+        let setup = |e: devices::pci::PciError| Error::Setup {
+            what: "MSI-X test device",
+            msg: e.to_string(),
+        };
+        let (src, routing) =
+            self.sources
+                .register_msi_source("msix-testdev", self.irqchip.routing(), None);
+        let d = MsixTestDevice::new(routing, self.irqchip.events(), self.irqchip.msi_gsis())
+            .map_err(setup)?;
+        self.sources
+            .set_device_counters(src, Arc::new(virtio_setup::MsixCounters(d.msix())));
+        pci.add_device(Arc::new(Mutex::new(d))).map_err(setup)?;
+        Ok(())
+    }
+
     /// The machine's shape, for a snapshot.
     fn machine(&self, args: &RunArgs, mem_size: u64) -> Machine {
         Machine {
@@ -671,6 +693,9 @@ impl Platform {
                 msi_gsis: self.irqchip.msi_gsis(),
             },
         )?;
+        if args.test_devices {
+            self.place_msix_testdev(&pci)?;
+        }
         pci.attach_with_ecam(
             &mut self.pio,
             &mut self.mmio,
@@ -788,6 +813,7 @@ impl Platform {
             counters,
             tracer,
             trace_unavailable,
+            tsc_khz: None,
         })
     }
 }
@@ -951,6 +977,7 @@ struct Running {
     counters: Vec<Arc<VcpuCounters>>,
     tracer: Option<Tracer>,
     trace_unavailable: Option<String>,
+    tsc_khz: Option<u32>,
 }
 
 /// Stage 4: watch the VM until it stops, then join the vCPUs, write the
@@ -975,6 +1002,7 @@ fn supervise(
         disable_exits: args.disable_exits.unwrap_or(0),
         virtio: &r.virtio,
         command_mode: args.command_mode(),
+        tsc_khz: r.tsc_khz,
     };
     let (snapshots, stuck) = watch(args, started, &r, &inputs);
     let mut stats: Vec<VcpuStats> = Vec::new();

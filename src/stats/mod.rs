@@ -141,6 +141,9 @@ pub struct Report {
     /// The last stuck-guest report of the run (a timeout, SIGTERM/SIGINT
     /// or SIGUSR2; src/forensics.rs), null when none was taken.
     pub stuck: Option<crate::forensics::StuckReport>,
+    /// The guest TSC's rate in kHz (KVM_GET_TSC_KHZ; added within version
+    /// 2): what a guest's own TSC timings convert with.
+    pub tsc_khz: Option<u32>,
 }
 
 fn kinds_map(exits: &[u64; EXIT_KINDS.len()]) -> BTreeMap<&'static str, u64> {
@@ -213,6 +216,8 @@ pub struct ReportInputs<'a> {
     pub virtio: &'a crate::virtio_setup::VirtioSetup,
     /// `splitvm run -- CMD`: `exit_status` is the command-mode status.
     pub command_mode: bool,
+    /// The guest TSC's rate (KVM_GET_TSC_KHZ of vCPU 0).
+    pub tsc_khz: Option<u32>,
 }
 
 impl ReportInputs<'_> {
@@ -305,6 +310,7 @@ impl ReportInputs<'_> {
         });
         report.virtio_devices = self.virtio.reports();
         report.startup = crate::startup::report();
+        report.tsc_khz = self.tsc_khz;
         report.snapshot = snapshot;
         report.host = Some(self.host.clone());
         report.disable_exits = crate::host::disable_exits_names(self.disable_exits);

@@ -27,6 +27,7 @@
 mod config;
 mod msi;
 mod msix;
+pub mod msix_testdev;
 mod segment;
 mod vector;
 

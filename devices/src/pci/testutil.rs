@@ -68,6 +68,16 @@ impl FakeKvm {
             .unwrap_or(0)
     }
 
+    /// Interrupts sent since the last call on the GSI routed to `vector`.
+    pub(crate) fn signals_for_vector(&self, vector: u8) -> u64 {
+        let gsi = self
+            .routes()
+            .into_iter()
+            .find(|(_, m)| m.vector() == vector)
+            .map(|(g, _)| g);
+        gsi.map_or(0, |g| self.take_irqs(g))
+    }
+
     /// MMIO addresses with an ioeventfd.
     pub(crate) fn ioevent_addrs(&self) -> Vec<u64> {
         let mut v: Vec<u64> = lock(&self.ioevents)
