@@ -104,6 +104,13 @@ pub struct PathsArgs {
     /// Draw the results as an SVG chart here.
     #[arg(long, value_name = "PATH")]
     pub svg: Option<PathBuf>,
+    /// (For scripts/bench-interrupt-paths.sh, which runs the guest under
+    /// QEMU too.) Read the guest's serial output in FILE and print its
+    /// latency percentiles as JSON, converted at --tsc-khz; measure nothing.
+    #[arg(long, hide = true, value_name = "FILE", requires = "tsc_khz")]
+    pub summarize: Option<PathBuf>,
+    #[arg(long, hide = true, value_name = "KHZ")]
+    pub tsc_khz: Option<u64>,
 }
 
 /// Median and 99th percentile, in nanoseconds.
@@ -282,8 +289,30 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// The guest's two histograms in `serial` as percentiles in ns.
+fn summarize(serial: &str, tsc_khz: u64) -> Result<serde_json::Value, String> {
+    let ns = |c: Option<f64>| c.map(|c| c * 1e6 / tsc_khz.max(1) as f64);
+    let p = |name: &str| -> Result<serde_json::Value, String> {
+        let h = parse_hist(serial, name).ok_or_else(|| format!("no {name} in the output"))?;
+        Ok(serde_json::json!({
+            "median": ns(quantile(&h, 0.5)),
+            "p99": ns(quantile(&h, 0.99)),
+            "samples": h.iter().sum::<u64>(),
+        }))
+    };
+    Ok(serde_json::json!({
+        "latency_ns": p("hist_latency")?,
+        "handler_to_eoi_ns": p("hist_handler_to_eoi")?,
+    }))
+}
+
 /// `splitvm paths`: returns the process status.
 pub fn run(args: &PathsArgs) -> Result<i32, String> {
+    if let (Some(f), Some(khz)) = (&args.summarize, args.tsc_khz) {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        println!("{}", summarize(&text, khz)?);
+        return Ok(0);
+    }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find splitvm itself: {e}"))?;
     let paths: Vec<PathName> = if args.paths.is_empty() {
         ALL_PATHS.to_vec()

@@ -388,7 +388,7 @@ impl IoApic {
             self.warn_once(
                 WARN_LOST,
                 format_args!(
-                    "pin {pin} (RTE {:#018x}: level-triggered, vector {:#x}) was asserted and released while its previous interrupt was in service: lost, as on an 82093AA (a device pulses a pin the guest programmed level-triggered); counted in the report as `lost`",
+                    "pin {pin} (RTE {:#018x}: level-triggered, vector {:#x}) was asserted and released while its previous interrupt was in service (Remote IRR set): lost, as on an 82093AA; counted in the report as `lost`",
                     self.rte(pin),
                     rte & RTE_VECTOR
                 ),

@@ -8,7 +8,9 @@
  *      2 ioapic-edge  I/O APIC pin 10, edge (pc-testdev line 10: 1, 0)
  *      3 ioapic-level I/O APIC pin 11, level (line up; the handler brings
  *                     it down, then EOIs at the LAPIC)
- *      4 msi          one MSI through splitvm's MSI test port
+ *      4 msi          one MSI through splitvm's MSI test port (under QEMU,
+ *                     which has none, through its edu device: one MMIO
+ *                     write to its interrupt-raise register)
  *      5 msix         vector 0 of the MSI-X test function (1234:5356) by
  *                     its doorbell
  *      6 ipi          a fixed IPI (to itself with 1 CPU)
@@ -53,6 +55,7 @@ count:     .long 0
 cpus:      .long 1
 dest:      .long 0                  /* the target's APIC ID */
 msix_bar:  .long 0
+edu_bar:   .long 0
 tsc_khz:   .long 0
 
 .bss
@@ -174,47 +177,84 @@ pci_write:
     out %eax, %dx
     ret
 
-/* msix_setup(): find 1234:5356 on bus 0, enable memory decoding and MSI-X,
- * program entry 0 (VEC to `dest`), unmasked. */
-msix_setup:
-    push %ebx
-    push %esi
-    xor %ebx, %ebx                  /* slot << 11 */
+/* pci_find(eax = device << 16 | vendor) -> ebx = its slot << 11 and
+ * eax = 1, or eax = 0 if bus 0 has none. Clobbers esi. */
+pci_find:
+    mov %eax, %esi
+    xor %ebx, %ebx
 1:  mov %ebx, %eax
     or $0x80000000, %eax
     call pci_read
-    cmp $0x53561234, %eax
+    cmp %esi, %eax
     je 2f
     add $0x800, %ebx
     cmp $0x10000, %ebx
     jb 1b
-    FAIL 10, "no MSI-X test function (1234:5356): run with --test-devices"
-2:  mov %ebx, %eax
-    or $0x80000010, %eax            /* BAR 0 as splitvm placed it */
-    call pci_read
-    and $0xfffffff0, %eax
-    mov %eax, msix_bar
+    xor %eax, %eax
+    ret
+2:  mov $1, %eax
+    ret
+
+/* pci_bar0(ebx = slot << 11) -> eax = BAR 0's address; memory decoding
+ * and bus mastering switched on. */
+pci_bar0:
     mov %ebx, %eax
     or $0x80000004, %eax
-    mov $6, %ecx                    /* memory decoding, bus master */
+    mov $6, %ecx
     call pci_write
-    mov %ebx, %eax                  /* walk the capability list */
+    mov %ebx, %eax
+    or $0x80000010, %eax
+    call pci_read
+    and $0xfffffff0, %eax
+    ret
+
+/* pci_cap(ebx = slot << 11, eax = capability ID) -> esi = its offset, or
+ * 0 when the function has none. */
+pci_cap:
+    push %edi
+    mov %eax, %edi
+    mov %ebx, %eax
     or $0x80000034, %eax
     call pci_read
     and $0xfc, %eax
-3:  test %eax, %eax
-    jz 8f
-    mov %eax, %esi
+1:  mov %eax, %esi
+    test %eax, %eax
+    jz 9f
     mov %ebx, %eax
     or $0x80000000, %eax
     or %esi, %eax
     call pci_read
-    cmp $0x11, %al                  /* MSI-X */
-    je 4f
+    movzbl %al, %ecx
+    cmp %edi, %ecx
+    je 9f
     shr $8, %eax
     and $0xfc, %eax
-    jmp 3b
-4:  or $0x80000000, %eax            /* message control: enable */
+    jmp 1b
+9:  pop %edi
+    ret
+
+/* msix_setup(): the MSI-X test function: MSI-X enabled, entry 0 (VEC to
+ * `dest`) unmasked. */
+msix_setup:
+    push %ebx
+    push %esi
+    mov $0x53561234, %eax
+    call pci_find
+    test %eax, %eax
+    jnz 1f
+    FAIL 10, "no MSI-X test function (1234:5356): run with --test-devices"
+1:  call pci_bar0
+    mov %eax, msix_bar
+    mov $0x11, %eax                 /* MSI-X */
+    call pci_cap
+    test %esi, %esi
+    jnz 2f
+    FAIL 11, "the MSI-X test function has no MSI-X capability"
+2:  mov %ebx, %eax                  /* message control: enable */
+    or $0x80000000, %eax
+    or %esi, %eax
+    call pci_read
+    or $0x80000000, %eax
     mov %eax, %ecx
     mov %ebx, %eax
     or $0x80000000, %eax
@@ -231,7 +271,54 @@ msix_setup:
     pop %esi
     pop %ebx
     ret
-8:  FAIL 11, "the MSI-X test function has no MSI-X capability"
+
+/* edu_setup(): QEMU's edu device (1234:11e8) with MSI (64-bit address
+ * capability: data at +12) to VEC at `dest`. */
+edu_setup:
+    push %ebx
+    push %esi
+    mov $0x11e81234, %eax
+    call pci_find
+    test %eax, %eax
+    jnz 1f
+    FAIL 12, "neither splitvm's MSI test port nor QEMU's edu device"
+1:  call pci_bar0
+    mov %eax, edu_bar
+    mov $0x05, %eax                 /* MSI */
+    call pci_cap
+    test %esi, %esi
+    jnz 2f
+    FAIL 13, "edu has no MSI capability"
+2:  mov dest, %ecx
+    shl $12, %ecx
+    or $0xfee00000, %ecx
+    lea 4(%esi), %eax
+    or $0x80000000, %eax
+    or %ebx, %eax
+    call pci_write                  /* address low */
+    lea 8(%esi), %eax
+    or $0x80000000, %eax
+    or %ebx, %eax
+    xor %ecx, %ecx
+    call pci_write                  /* address high */
+    lea 12(%esi), %eax
+    or $0x80000000, %eax
+    or %ebx, %eax
+    mov $VEC, %ecx
+    call pci_write                  /* data */
+    mov %esi, %eax
+    or $0x80000000, %eax
+    or %ebx, %eax
+    call pci_read
+    or $0x10000, %eax               /* MSI enable (control bit 0) */
+    mov %eax, %ecx
+    mov %esi, %eax
+    or $0x80000000, %eax
+    or %ebx, %eax
+    call pci_write
+    pop %esi
+    pop %ebx
+    ret
 
 /* trigger(): one interrupt on the path (t0 already read, for the timer
  * the deadline armed here). */
@@ -265,8 +352,13 @@ trigger:
     ret
 3:  SET_LINE LEVEL_PIN, 1
     ret
-4:  mov $MSI_PORT_INJECT, %dx
+4:  mov edu_bar, %eax
+    test %eax, %eax
+    jnz 41f
+    mov $MSI_PORT_INJECT, %dx
     outl %eax, %dx
+    ret
+41: movl $1, 0x60(%eax)             /* edu: raise */
     ret
 5:  mov msix_bar, %eax
     movl $0, MSIX_DOORBELL(%eax)
@@ -306,7 +398,12 @@ setup:
     jmp ioapic_set_rte
 4:  cmp $4, %eax
     jne 5f
-    mov dest, %eax
+    mov $MSI_PORT_INJECT, %dx       /* splitvm's MSI test port? */
+    in %dx, %eax
+    cmp $0xffffffff, %eax
+    jne 41f
+    jmp edu_setup                   /* QEMU */
+41: mov dest, %eax
     shl $12, %eax
     or $0xfee00000, %eax
     mov $MSI_PORT_ADDR_LO, %dx
