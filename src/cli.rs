@@ -90,6 +90,13 @@ pub enum Transport {
     Mmio,
 }
 
+/// An option that is on or off.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Toggle {
+    On,
+    Off,
+}
+
 /// Faults a test can inject (hidden option `--fault-inject`).
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultInject {
@@ -187,6 +194,11 @@ pub struct RunArgs {
     /// Transport for --disk and --net devices.
     #[arg(long, value_enum, default_value_t = Transport::Pci)]
     pub transport: Transport,
+    /// The UARTs' transmit registers through KVM's coalesced PIO ring: on
+    /// (the default: a guest's writes there do not exit, docs/coalesced-io.md)
+    /// or off (every write exits, as before).
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = Toggle::On)]
+    pub coalesced_io: Toggle,
     /// The irqchip: split (the default: KVM's LAPICs; splitvm's I/O APIC,
     /// 8259 pair, PIT and every route) or kernel (KVM's own 8259 pair,
     /// I/O APIC and PIT). With --restore, only the snapshot's own mode.

@@ -2,6 +2,7 @@
 //! stays in KVM; the I/O APIC and all MSI routing live in userspace.
 
 pub mod cli;
+pub mod coalesced;
 pub mod counters;
 pub mod error;
 pub mod forensics;

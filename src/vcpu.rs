@@ -146,6 +146,8 @@ pub struct VcpuContext {
     pub extint: bool,
     /// Snapshot pauses: this vCPU parks when one is asked for.
     pub pause: Arc<crate::snapshot::pause::Pause>,
+    /// The UARTs' coalesced writes: drained before any exit is handled.
+    pub coalesced: Option<Arc<crate::coalesced::Coalesced>>,
 }
 
 thread_local! {
@@ -265,6 +267,11 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, mut ctx: VcpuContext) -> VcpuStats {
         let mut internal = false;
         let mut fail: Option<(u64, u32)> = None;
         let result = vcpu.run();
+        // Whatever this exit is, the UARTs first see the writes the guest
+        // made before it (src/coalesced.rs).
+        if let Some(c) = &ctx.coalesced {
+            c.drain();
+        }
         if let Some(f) = ctx.fault.take() {
             inject_fault(f);
         }

@@ -334,7 +334,9 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         machine: platform.machine(args, mem_size),
         pause: Arc::new(Pause::new(vcpus.len(), msr_indices)),
     };
-    let mut running = platform.start(args, vcpus, &mem, snap)?;
+    let (ring, coalesced_io) = coalesce_uarts(args, &kvm, &vm_fd, &platform.uarts, &vcpus);
+    let mut running = platform.start(args, vcpus, &mem, snap, ring)?;
+    running.coalesced_io = coalesced_io;
     running.tsc_khz = tsc_khz;
     supervise(
         args,
@@ -344,6 +346,44 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         &host_report,
         &serial_dest,
     )
+}
+
+/// `--coalesced-io on`: the UARTs' data ports as coalesced PIO zones, and
+/// the VM's ring mapped (src/coalesced.rs), with what the report says:
+/// `on`, `off`, or `unavailable` (said once: KVM cannot, and the writes
+/// exit as with `off`).
+fn coalesce_uarts(
+    args: &RunArgs,
+    kvm: &kvm_ioctls::Kvm,
+    vm: &kvm_ioctls::VmFd,
+    uarts: &[acpi::SerialPort],
+    vcpus: &[kvm_ioctls::VcpuFd],
+) -> (Option<crate::coalesced::Ring>, &'static str) {
+    if args.coalesced_io == crate::cli::Toggle::Off {
+        return (None, "off");
+    }
+    let unavailable = |why: String| {
+        log::warn!("--coalesced-io: {why}; the UARTs' writes exit as with --coalesced-io off");
+        (None, "unavailable")
+    };
+    if !kvm.check_extension(kvm_ioctls::Cap::CoalescedPio) {
+        return unavailable("KVM has no KVM_CAP_COALESCED_PIO".into());
+    }
+    let ring = match vcpus.first().map(crate::coalesced::Ring::map) {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => return unavailable(format!("cannot map the coalesced ring: {e}")),
+        None => return (None, "off"),
+    };
+    for u in uarts {
+        let at = kvm_ioctls::IoEventAddress::Pio(u.base.into());
+        if let Err(e) = vm.register_coalesced_mmio(at, 1) {
+            return unavailable(format!(
+                "KVM_REGISTER_COALESCED_MMIO at port {:#x}: {e}",
+                u.base
+            ));
+        }
+    }
+    (Some(ring), "on")
 }
 
 /// The guest's console: its last line (progress), its tail (why a command
@@ -713,6 +753,7 @@ impl Platform {
         vcpus: Vec<kvm_ioctls::VcpuFd>,
         mem: &vm_memory::GuestMemoryMmap,
         snap: SnapshotSetup,
+        ring: Option<crate::coalesced::Ring>,
     ) -> Result<Running> {
         register_signal_handler(crate::signals::kick_signal(), vcpu::on_kick).map_err(|e| {
             Error::Setup {
@@ -728,6 +769,7 @@ impl Platform {
         }
         let pio = Arc::new(self.pio);
         let mmio = Arc::new(self.mmio);
+        let coalesced = ring.map(|r| Arc::new(crate::coalesced::Coalesced::new(r, pio.clone())));
         let sources = Arc::new(self.sources);
         let mut trace_unavailable = None;
         let tracer = if args.trace_exits {
@@ -773,6 +815,7 @@ impl Platform {
                 fault: args.fault_inject.filter(|_| id == 0),
                 extint: id == 0,
                 pause: snap.pause.clone(),
+                coalesced: coalesced.clone(),
             };
             let pin_to = (!host_cpus.is_empty()).then(|| host_cpus[id % host_cpus.len()]);
             let h = thread::Builder::new()
@@ -814,6 +857,8 @@ impl Platform {
             tracer,
             trace_unavailable,
             tsc_khz: None,
+            coalesced,
+            coalesced_io: "off",
         })
     }
 }
@@ -978,6 +1023,20 @@ struct Running {
     tracer: Option<Tracer>,
     trace_unavailable: Option<String>,
     tsc_khz: Option<u32>,
+    /// The UARTs' coalesced writes (`--coalesced-io on`).
+    coalesced: Option<Arc<crate::coalesced::Coalesced>>,
+    /// What the report says of them: `on`, `off`, `unavailable`.
+    coalesced_io: &'static str,
+}
+
+impl Running {
+    /// Hand the UARTs every write waiting in the coalesced ring (a no-op
+    /// with `--coalesced-io off`).
+    fn drain_coalesced(&self) {
+        if let Some(c) = &self.coalesced {
+            c.drain();
+        }
+    }
 }
 
 /// Stage 4: watch the VM until it stops, then join the vCPUs, write the
@@ -1003,6 +1062,8 @@ fn supervise(
         virtio: &r.virtio,
         command_mode: args.command_mode(),
         tsc_khz: r.tsc_khz,
+        coalesced_io: r.coalesced_io,
+        coalesced: r.coalesced.as_deref(),
     };
     let (snapshots, stuck) = watch(args, started, &r, &inputs);
     let mut stats: Vec<VcpuStats> = Vec::new();
@@ -1016,6 +1077,11 @@ fn supervise(
                 ));
             }
         }
+    }
+    // The guest's last writes (before a poweroff, a panic, a timeout, a
+    // signal) reach the console and the channel.
+    if let Some(c) = &r.coalesced {
+        c.drain();
     }
     let mut reason = r
         .control
@@ -1108,6 +1174,9 @@ fn watch(
         control.request_exit(ExitReason::VmmError(msg));
     }
     loop {
+        let tick = Instant::now();
+        // An idle guest's last line appears within 10 ms.
+        r.drain_coalesced();
         if r.handles.iter().all(|h| h.is_finished()) {
             break;
         }
@@ -1168,11 +1237,8 @@ fn watch(
                 }
             }
         }
-        thread::sleep(Duration::from_millis(if control.is_stopping() {
-            2
-        } else {
-            10
-        }));
+        let period = Duration::from_millis(if control.is_stopping() { 2 } else { 10 });
+        thread::sleep(period.saturating_sub(tick.elapsed()));
     }
     if progress {
         eprint!("\r\x1b[K");
@@ -1190,6 +1256,7 @@ fn snapshot_triggers(args: &RunArgs, r: &Running) {
             match take_snapshot(r, dir, "ready") {
                 Ok(()) => {
                     if let Some(port) = &r.control_port {
+                        r.drain_coalesced();
                         lock(port).send_command();
                     }
                 }
@@ -1291,6 +1358,8 @@ fn save_paused(
     dir: &std::path::Path,
     trigger: &str,
 ) -> std::result::Result<snapshot::Written, String> {
+    // Bytes in the ring belong to the UARTs' saved state.
+    r.drain_coalesced();
     let vcpus = r.snap.pause.capture()?;
     let clock = r
         .snap

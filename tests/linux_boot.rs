@@ -144,6 +144,13 @@ fn acpi_only_kernel_boots_with_two_vcpus_from_the_madt_and_powers_off() {
         "{name}: serial not on pin 4: {ttys0}"
     );
     assert_eq!(b.status, 0, "{name}: status after poweroff");
+    // The kernel's last line, printed (through the coalesced ring) right
+    // before the ACPI PM write that stops the VM, is on the console whole.
+    assert!(
+        b.serial.trim_end().ends_with("reboot: Power down"),
+        "{name}: the console does not end with the kernel's last line; tail:\n{}",
+        tail(&b.serial, 5)
+    );
     assert_eq!(
         b.stats["exit_reason"],
         "poweroff",
@@ -277,9 +284,12 @@ fn a_guest_kernel_panic_outside_command_mode_ends_with_status_8() {
         &[],
         &common::run_in_guest("echo c > /proc/sysrq-trigger"),
     );
+    // The whole panic line, its end of line included (the bytes right
+    // before the reset, through the coalesced ring).
     assert!(
-        b.serial.contains("Kernel panic - not syncing"),
-        "no panic on the console; tail:\n{}",
+        b.serial
+            .contains("Kernel panic - not syncing: sysrq triggered crash\r\n"),
+        "no whole panic line on the console; tail:\n{}",
         tail(&b.serial, 20)
     );
     assert_eq!(b.status, 8, "tail:\n{}", tail(&b.serial, 20));

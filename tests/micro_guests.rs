@@ -25,7 +25,7 @@ mod common;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn guest_path(name: &str) -> PathBuf {
-    Path::new(env!("SPLITVM_MICRO_GUESTS_DIR")).join(format!("{name}.elf"))
+    common::micro_guest(name)
 }
 
 fn require_kvm() {

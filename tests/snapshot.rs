@@ -32,10 +32,6 @@ fn splitvm() -> Command {
     c
 }
 
-fn micro_guest(name: &str) -> PathBuf {
-    Path::new(env!("SPLITVM_MICRO_GUESTS_DIR")).join(format!("{name}.elf"))
-}
-
 /// A fresh directory under the system temp dir.
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("splitvm-snap-{name}-{}", std::process::id()));
@@ -98,7 +94,7 @@ fn mid_test_snapshot_and_restores(cpus: u32, restores: usize) {
     let serial = dir.join("boot.txt");
     let o = splitvm()
         .args(["run", "--kernel"])
-        .arg(micro_guest("snapshot_mid_test"))
+        .arg(common::micro_guest("snapshot_mid_test"))
         .args(["--test-devices", "--cpus", &cpus.to_string()])
         .arg("--snapshot-on-ready")
         .arg(&snap)
@@ -170,7 +166,7 @@ fn good_snapshot() -> &'static PathBuf {
         let dir = scratch("good").join("snap");
         let o = splitvm()
             .args(["run", "--kernel"])
-            .arg(micro_guest("snapshot_mid_test"))
+            .arg(common::micro_guest("snapshot_mid_test"))
             .args(["--test-devices", "--serial", "none", "--snapshot-on-ready"])
             .arg(&dir)
             .output()

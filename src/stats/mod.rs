@@ -144,6 +144,12 @@ pub struct Report {
     /// The guest TSC's rate in kHz (KVM_GET_TSC_KHZ; added within version
     /// 2): what a guest's own TSC timings convert with.
     pub tsc_khz: Option<u32>,
+    /// `--coalesced-io`: `on`, `off`, or `unavailable` (KVM cannot; the
+    /// writes exit as with `off`). Added within version 2.
+    pub coalesced_io: &'static str,
+    /// Guest writes each port device took from KVM's coalesced ring: not
+    /// exits, never counted as exits (added within version 2).
+    pub coalesced_pio_per_device: BTreeMap<String, u64>,
 }
 
 fn kinds_map(exits: &[u64; EXIT_KINDS.len()]) -> BTreeMap<&'static str, u64> {
@@ -218,6 +224,9 @@ pub struct ReportInputs<'a> {
     pub command_mode: bool,
     /// The guest TSC's rate (KVM_GET_TSC_KHZ of vCPU 0).
     pub tsc_khz: Option<u32>,
+    /// `on`, `off`, `unavailable`.
+    pub coalesced_io: &'static str,
+    pub coalesced: Option<&'a crate::coalesced::Coalesced>,
 }
 
 impl ReportInputs<'_> {
@@ -311,6 +320,22 @@ impl ReportInputs<'_> {
         report.virtio_devices = self.virtio.reports();
         report.startup = crate::startup::report();
         report.tsc_khz = self.tsc_khz;
+        report.coalesced_io = self.coalesced_io;
+        if let Some(c) = self.coalesced {
+            for (i, n) in c
+                .per_device()
+                .into_iter()
+                .enumerate()
+                .filter(|(_, n)| *n > 0)
+            {
+                let name = self
+                    .pio_names
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| format!("pio#{i}"));
+                *report.coalesced_pio_per_device.entry(name).or_default() += n;
+            }
+        }
         report.snapshot = snapshot;
         report.host = Some(self.host.clone());
         report.disable_exits = crate::host::disable_exits_names(self.disable_exits);

@@ -57,6 +57,14 @@ impl Report {
             }
         };
         section(&mut s, "PIO exits per device", &self.pio_exits_per_device);
+        if self.coalesced_io != "off" {
+            let _ = writeln!(s, "coalesced PIO (--coalesced-io): {}", self.coalesced_io);
+        }
+        section(
+            &mut s,
+            "coalesced PIO writes per device (not exits)",
+            &self.coalesced_pio_per_device,
+        );
         section(&mut s, "MMIO exits per device", &self.mmio_exits_per_device);
         section(
             &mut s,

@@ -64,6 +64,11 @@ pub fn acpi_kernel() -> &'static PathBuf {
     })
 }
 
+/// A micro-guest of tests/guests, as build.rs assembled it.
+pub fn micro_guest(name: &str) -> PathBuf {
+    PathBuf::from(env!("SPLITVM_MICRO_GUESTS_DIR")).join(format!("{name}.elf"))
+}
+
 pub fn cmdline(extra: &str) -> String {
     let out = Command::new(repo().join("scripts/guest-cmdline.sh"))
         .arg(extra)
