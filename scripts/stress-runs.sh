@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Command-mode runs of mixed shapes under host contention, counting hangs
 # (a stress test: it prints numbers and each hang's verdict; status 1 if any
-# run hung or failed). docs/stuck.md has the last results.
+# run hung or failed). docs/host-limits.md has the last results.
 #
 #   scripts/stress-runs.sh RUNS JOBS [HOGS]
 #     RUNS  runs in all (default 300)
