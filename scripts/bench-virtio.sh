@@ -29,11 +29,18 @@ for transport in pci mmio; do
     for mode in base work; do
         extra=""
         [[ $mode == work ]] && extra="splitvm.run64=$run64"
+        status=0
         target/release/splitvm run --kernel "$kernel" --initrd "$initrd" \
             --cmdline "$(scripts/guest-cmdline.sh) $extra" --memory 128M \
             --disk "$work/disk.img" --transport "$transport" \
             --serial "file:$work/$transport-$mode.log" --stats-json "$work/$transport-$mode.json" \
-            --progress never --timeout 900 "$@" >/dev/null 2>&1 || true
+            --progress never --timeout 900 "$@" >/dev/null 2>"$work/$transport-$mode.err" || status=$?
+        # The guest's /init ends with `reboot -f`: splitvm exits 0.
+        if [[ $status -ne 0 ]]; then
+            echo "bench-virtio: $transport $mode run ended with status $status:" >&2
+            tail -n 5 "$work/$transport-$mode.err" >&2
+            exit 1
+        fi
     done
     grep -q BENCH-DONE "$work/$transport-work.log" || { echo "bench-virtio: $transport workload did not finish" >&2; exit 1; }
     python3 - "$transport" "$work/$transport-base.json" "$work/$transport-work.json" <<'PY'
@@ -56,7 +63,8 @@ s = src(work)
 if t == "pci":
     per = ", ".join(f"vector {k}: {v}" for k, v in (s.get("per_vector") or {}).items() if v)
 else:
-    per = f"pin {s.get('pin')}: {d['interrupts']} (irqfd)"
+    how = "irqfd, raised in KVM" if s.get("in_kernel") else "raised by splitvm"
+    per = f"pin {s.get('pin')}: {ints} ({how})"
 wall = (work["wall_time_ms"] - base["wall_time_ms"]) / 1000
 print(f"{t:<6} {reqs:>10} {ints:>12} {user:>14} {allx:>12} {eoi:>12} {wall:>10.1f}  {per}")
 print(f"{'':<6} user exits per interrupt: {user/ints if ints else float('nan'):.2f} (userspace exits include the serial console's)")
