@@ -118,7 +118,13 @@ fn every_path_in_both_modes_costs_what_each_irqchip_must() {
 
 #[test]
 fn to_another_vcpu_the_level_pin_still_costs_one_eoi_exit_in_split_mode() {
+    // Three repetitions and their median (`--reps 3`): on kvm_pvm hosts KVM can retire an injected vector
+    // around injection (docs/host-limits.md), and under host load one run in
+    // a few then carries one re-delivery of the level pin, an extra EOI exit
+    // (1.033 per interrupt with 30 interrupts, seen once in a full suite).
     let (r, _, _) = paths(&[
+        "--reps",
+        "3",
         "--count",
         "30",
         "--cpus",
