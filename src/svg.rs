@@ -64,15 +64,7 @@ pub fn bar_chart(title: &str, subtitle: &str, series: &[String], panels: &[Panel
     let height = top + group_h * groups as f64 + 40.0;
     let width = LABEL_W + (PANEL_W + LABEL_ROOM) * panels.len() as f64 + 20.0;
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="11">
-<rect width="100%" height="100%" fill="white"/>
-<text x="10" y="20" font-size="15" font-weight="bold">{}</text>
-<text x="10" y="36" fill="#444">{}</text>"##,
-        esc(title),
-        esc(subtitle)
-    );
+    open(&mut s, width, height, title, subtitle);
     for (i, name) in series.iter().enumerate() {
         let x = 10.0 + 150.0 * i as f64;
         let _ = writeln!(
@@ -219,15 +211,7 @@ pub fn timeline(
     let px = |x: f64| left + x / xmax * W;
     let py = |y: f64| top + H - (y / ymax).clamp(0.0, 1.0) * H;
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="11">
-<rect width="100%" height="100%" fill="white"/>
-<text x="10" y="20" font-size="15" font-weight="bold">{}</text>
-<text x="10" y="36" fill="#444">{}</text>"##,
-        esc(title),
-        esc(subtitle)
-    );
+    open(&mut s, width, height, title, subtitle);
     for t in 0..=4 {
         let v = ymax * t as f64 / 4.0;
         let y = py(v);
@@ -282,6 +266,21 @@ pub fn timeline(
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// The opening of every chart: the `<svg>` element, a white page, the
+/// title and the subtitle.
+fn open(s: &mut String, width: f64, height: f64, title: &str, subtitle: &str) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        s,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="11">
+<rect width="100%" height="100%" fill="white"/>
+<text x="10" y="20" font-size="15" font-weight="bold">{}</text>
+<text x="10" y="36" fill="#444">{}</text>"##,
+        esc(title),
+        esc(subtitle)
+    );
 }
 
 #[cfg(test)]
