@@ -17,10 +17,10 @@ use arch::regs::{self, EntryMode};
 use devices::pic::Pic;
 use devices::{Bus, ExitReason, VmControl};
 
+use crate::counters::{ExitKind, VcpuCounters, VcpuStats};
 use crate::error::{kvm, Error, Result};
 use crate::irqchip::IrqChip;
 use crate::sources::SourceRegistry;
-use crate::stats::{ExitKind, VcpuCounters, VcpuStats};
 
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
