@@ -218,8 +218,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "WHEN", default_value = "auto")]
     pub progress: String,
     /// With --stats-json: rewrite the JSON file every SECS seconds while the
-    /// VM runs (atomically: a temporary file renamed over it).
-    #[arg(long, value_name = "SECS", requires = "stats_json", value_parser = parse_interval)]
+    /// VM runs (atomically: a temporary file renamed over it); with
+    /// --stats-series: add one file per interval.
+    #[arg(long, value_name = "SECS", value_parser = parse_interval)]
     pub stats_interval: Option<f64>,
     /// Tell KVM not to exit on these guest instructions
     /// (KVM_CAP_X86_DISABLE_EXITS): comma-separated hlt, pause, mwait, cstate.
@@ -259,6 +260,17 @@ pub struct RunArgs {
     /// with its status.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+    /// Serve the VM's API on this Unix socket while it runs: HTTP/1.1 in
+    /// Cloud Hypervisor's style (`curl --unix-socket PATH
+    /// http://localhost/api/v1/vm.counters`; docs/api.md). Mode 0600,
+    /// removed at exit; an existing file that is not a socket is refused.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// With --stats-interval: keep every interval's report in DIR
+    /// (000000.json, 000001.json, ...; the final report too), for
+    /// `splitvm report --stats-series DIR` (a timeline).
+    #[arg(long, value_name = "DIR", requires = "stats_interval")]
+    pub stats_series: Option<PathBuf>,
 }
 
 impl RunArgs {

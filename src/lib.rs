@@ -1,8 +1,10 @@
 //! splitvm: a KVM VMM whose vCPUs run with a split irqchip. The local APIC
 //! stays in KVM; the I/O APIC and all MSI routing live in userspace.
 
+pub mod api;
 pub mod cli;
 pub mod coalesced;
+pub mod config;
 pub mod counters;
 pub mod error;
 pub mod forensics;

@@ -9,7 +9,8 @@ use arch::regs::EntryMode;
 use arch::{acpi, linux, mptable, multiboot};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::cli::{self, KernelFormat, RunArgs};
+use crate::cli::{self, KernelFormat};
+use crate::config::BootConfig;
 use crate::error::{Error, Result};
 use crate::vcpu::BootState;
 
@@ -130,22 +131,22 @@ pub fn detect(image: &[u8]) -> Option<KernelFormat> {
 
 /// The kernel format `args` asks for, detected from the file's head for
 /// `--kernel-format auto`.
-pub fn format_of(args: &RunArgs) -> Result<KernelFormat> {
-    let head = read_head(args.kernel(), multiboot::SEARCH_LEN)?;
-    match args.kernel_format {
+pub fn format_of(args: &BootConfig) -> Result<KernelFormat> {
+    let head = read_head(&args.kernel, multiboot::SEARCH_LEN)?;
+    match args.format {
         KernelFormat::Auto => {
-            detect(&head).ok_or_else(|| Error::UnknownFormat(args.kernel().clone()))
+            detect(&head).ok_or_else(|| Error::UnknownFormat(args.kernel.clone()))
         }
         f => Ok(f),
     }
 }
 
-/// Load the guest named by `args`, with `initrd` (already opened: the
+/// Load the guest `args` names, for `cpus` vCPUs, with `initrd` (already opened: the
 /// `--initrd` file, or it with `--add` archives appended); returns the boot
 /// vCPU state.
 pub fn load(
-    args: &RunArgs,
-    format: KernelFormat,
+    args: &BootConfig,
+    cpus: u32,
     initrd: Option<&mut File>,
     cmdline: &str,
     mem: &GuestMemoryMmap,
@@ -157,14 +158,14 @@ pub fn load(
     // whole into our own heap (that cost ~25 ms and 18 MiB of page faults
     // per start).
     let load_err = |msg: String| Error::Load {
-        path: args.kernel().clone(),
+        path: args.kernel.clone(),
         msg,
     };
     let below_4g = mem_size.min(layout::MMIO_HOLE_START);
     let above_4g = mem_size - below_4g;
-    match format {
+    match args.format {
         KernelFormat::Multiboot => {
-            let image = read_file("kernel", args.kernel(), below_4g)?;
+            let image = read_file("kernel", &args.kernel, below_4g)?;
             let loaded = multiboot::load(mem, &image).map_err(|e| load_err(e.to_string()))?;
             let initrd = match (initrd, &args.initrd) {
                 (Some(f), Some(p)) => Some(read_all("initrd", p, f, below_4g)?),
@@ -174,7 +175,7 @@ pub fn load(
             // The multiboot command line starts with the image's name, as
             // QEMU and GRUB write it ("%s %s"): kvm-unit-tests and other
             // multiboot programs take the first word as argv[0].
-            let mb_cmdline = multiboot_cmdline(args.kernel(), cmdline);
+            let mb_cmdline = multiboot_cmdline(&args.kernel, cmdline);
             let ebx = multiboot::write_info(
                 mem,
                 below_4g,
@@ -197,7 +198,7 @@ pub fn load(
         }
         KernelFormat::Raw => {
             let entry = args.entry.ok_or(Error::RawNeedsEntry)?;
-            let image = read_file("kernel", args.kernel(), below_4g)?;
+            let image = read_file("kernel", &args.kernel, below_4g)?;
             let end = args
                 .load_addr
                 .checked_add(image.len() as u64)
@@ -229,28 +230,28 @@ pub fn load(
             ))
         }
         KernelFormat::Elf | KernelFormat::Bzimage => {
-            let mut kernel = open_regular("kernel", args.kernel())?;
+            let mut kernel = open_regular("kernel", &args.kernel)?;
             let boot = linux::load_linux(mem, &mut kernel, initrd, cmdline, args.pvh)
                 .map_err(|e| load_err(e.to_string()))?;
             // The MP table and the ACPI tables describe the same machine:
             // every CPU, the userspace I/O APIC (ISA IRQ 0 on pin 2, IRQ n on
             // pin n); ACPI adds the PCI host bridge, the devices and power-off.
-            if !args.no_mptable {
-                match u8::try_from(args.cpus) {
+            if args.mptable {
+                match u8::try_from(cpus) {
                     Ok(n) if n <= mptable::MAX_CPUS => {
-                        mptable::setup_mptable(mem, n, ioapic_mp_id(args.cpus))
+                        mptable::setup_mptable(mem, n, ioapic_mp_id(cpus))
                             .map_err(|e| load_err(format!("MP table: {e}")))?;
                     }
                     // Only ACPI can name more (local x2APIC entries).
                     _ if acpi.is_some() => log::info!(
                         "{} vCPUs: no MP table (it names at most {}); the ACPI MADT describes them",
-                        args.cpus,
+                        cpus,
                         mptable::MAX_CPUS
                     ),
                     _ => {
                         return Err(load_err(format!(
                         "{} vCPUs need ACPI tables: the MP table names at most {} (drop --no-acpi)",
-                        args.cpus,
+                        cpus,
                         mptable::MAX_CPUS
                     )))
                     }
@@ -274,7 +275,7 @@ pub fn load(
                 Protocol::Linux,
             ))
         }
-        KernelFormat::Auto => Err(Error::UnknownFormat(args.kernel().clone())),
+        KernelFormat::Auto => Err(Error::UnknownFormat(args.kernel.clone())),
     }
 }
 

@@ -60,6 +60,8 @@ pub enum ThreadKind {
     Tracer,
     /// The main thread once the VM runs: supervision, reports, teardown.
     Supervisor,
+    /// The `--api-socket` server (src/api.rs): sockets and epoll only.
+    Api,
 }
 
 impl ThreadKind {
@@ -173,6 +175,25 @@ const SUPERVISOR_EXTRA: &[i64] = &[
     libc::SYS_ftruncate,
 ];
 
+// The API server: accept and talk on its Unix socket, on tokio's epoll
+// reactor (an eventfd wakes it).
+const API_EXTRA: &[i64] = &[
+    libc::SYS_accept4,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_shutdown,
+    libc::SYS_getsockopt,
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_eventfd2,
+];
+
 // ioctl request numbers (linux/kvm.h, asm-generic/ioctls.h).
 const KVM_RUN: u64 = 0xae80;
 const KVM_IRQ_LINE: u64 = 0x4008_ae61;
@@ -230,7 +251,7 @@ fn ioctls(kind: ThreadKind) -> &'static [u64] {
         ThreadKind::Timer | ThreadKind::VirtioWorker => {
             &[KVM_IRQ_LINE, KVM_SET_GSI_ROUTING, KVM_SIGNAL_MSI]
         }
-        ThreadKind::Tracer => &[],
+        ThreadKind::Tracer | ThreadKind::Api => &[],
         // Teardown unregisters irqfds/ioeventfds and routes; TCGETS is
         // is_terminal() on stderr.
         // A snapshot's clock and its PIC/serial interrupts (KVM_IRQ_LINE,
@@ -259,6 +280,7 @@ pub fn allowed(kind: ThreadKind) -> Vec<i64> {
         }
         ThreadKind::VirtioWorker => v.extend_from_slice(WORKER_IO),
         ThreadKind::Timer | ThreadKind::Tracer => {}
+        ThreadKind::Api => v.extend_from_slice(API_EXTRA),
         // The supervisor restarts virtio workers after a snapshot: like a
         // vCPU, it starts them, and they run under its list and their own.
         ThreadKind::Supervisor => {

@@ -24,6 +24,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::config::VmConfig;
 use kvm_bindings::kvm_clock_data;
 use serde::{Deserialize, Serialize};
 use vm_memory::mmap::MmapRegion;
@@ -124,26 +125,53 @@ pub struct Machine {
 }
 
 impl Machine {
-    /// `args` (a restore's command line) with this machine's shape.
-    pub fn apply(&self, args: &crate::cli::RunArgs) -> crate::cli::RunArgs {
-        let mut a = args.clone();
-        a.cpus = self.cpus;
-        a.memory = self.memory_bytes.to_string();
-        a.kernel_format = self.kernel_format;
-        a.no_acpi = !self.acpi;
-        a.no_pit = !self.pit;
-        a.test_devices = self.test_devices;
-        a.cpu_features = self.cpu_features.clone();
-        a.disk = self.disks.clone();
-        a.net = self.nets.clone();
-        a.transport = self.transport;
-        a.irqchip = Some(self.irqchip);
+    /// The shape of the machine `cfg` describes.
+    pub fn of(cfg: &VmConfig) -> Machine {
+        Machine {
+            cpus: cfg.cpus,
+            memory_bytes: cfg.mem_size,
+            kernel_format: cfg.boot.format,
+            acpi: cfg.has_acpi(),
+            pit: cfg.pit,
+            test_devices: cfg.test_devices,
+            channel: cfg.channel,
+            cpu_features: cfg.cpu_features.clone(),
+            disks: cfg.disks.iter().map(|d| absolute_disk(d)).collect(),
+            nets: cfg.nets.clone(),
+            transport: cfg.transport,
+            irqchip: cfg.irqchip,
+        }
+    }
+
+    /// Lay this machine's shape over `cfg` (a restore's command line).
+    pub fn apply(&self, cfg: &mut VmConfig) {
+        cfg.cpus = self.cpus;
+        cfg.mem_size = self.memory_bytes;
+        cfg.boot.format = self.kernel_format;
+        cfg.acpi = self.acpi;
+        cfg.pit = self.pit;
+        cfg.test_devices = self.test_devices;
+        cfg.cpu_features = self.cpu_features.clone();
+        cfg.disks = self.disks.clone();
+        cfg.nets = self.nets.clone();
+        cfg.transport = self.transport;
+        cfg.irqchip = self.irqchip;
+        cfg.channel = self.channel;
         // A guest with the channel runs a command: as in `-- CMD`, its
         // console stays out of stdout unless asked for.
-        if self.channel && a.serial.is_none() {
-            a.serial = Some("none".into());
+        if self.channel && !cfg.run.serial_given {
+            cfg.run.serial = crate::config::SerialDest::Sink;
         }
-        a
+    }
+}
+
+/// A `--disk` spec with its path made absolute (a restore may run in
+/// another directory).
+fn absolute_disk(spec: &str) -> String {
+    let (path, rest) = spec.split_at(spec.find(',').unwrap_or(spec.len()));
+    match std::fs::canonicalize(path) {
+        Ok(p) => format!("{}{rest}", p.display()),
+        Err(_) => spec.to_string(),
     }
 }
 

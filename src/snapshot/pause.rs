@@ -32,8 +32,9 @@ pub struct Parked {
 struct Inner {
     /// vCPUs parked in this round, by id.
     parked: Vec<bool>,
-    /// The supervisor asked the parked vCPUs to save their state.
-    capture: bool,
+    /// Bumped each time the supervisor asks the parked vCPUs to save their
+    /// state (a paused VM may be saved or inspected more than once).
+    capture: u64,
     states: Vec<Option<Result<Parked, String>>>,
     /// Bumped by every resume: a parked vCPU waits for it to change.
     round: u64,
@@ -89,10 +90,15 @@ impl Pause {
             *p = true;
         }
         self.cond.notify_all();
-        while g.round == round && !g.capture {
-            g = self.cond.wait(g).unwrap_or_else(|e| e.into_inner());
-        }
-        if g.round == round {
+        let mut saved_for = 0;
+        loop {
+            while g.round == round && g.capture == saved_for {
+                g = self.cond.wait(g).unwrap_or_else(|e| e.into_inner());
+            }
+            if g.round != round {
+                return;
+            }
+            saved_for = g.capture;
             drop(g);
             let s = VcpuState::save(vcpu, id, &self.msr_indices).map(|state| Parked {
                 state,
@@ -103,9 +109,6 @@ impl Pause {
                 *slot = Some(s);
             }
             self.cond.notify_all();
-            while g.round == round {
-                g = self.cond.wait(g).unwrap_or_else(|e| e.into_inner());
-            }
         }
     }
 
@@ -161,7 +164,7 @@ impl Pause {
     /// [`Pause::capture`] with the instruction bytes at each RIP.
     pub fn capture_parked(&self) -> Result<Vec<Parked>, String> {
         let mut g = lock(&self.inner);
-        g.capture = true;
+        g.capture += 1;
         self.cond.notify_all();
         while g.states.iter().any(|s| s.is_none()) {
             g = self.cond.wait(g).unwrap_or_else(|e| e.into_inner());
@@ -177,7 +180,7 @@ impl Pause {
         let mut g = lock(&self.inner);
         self.requested.store(false, Ordering::Release);
         g.parked.iter_mut().for_each(|p| *p = false);
-        g.capture = false;
+        g.capture = 0;
         for s in &mut g.states {
             *s = None;
         }

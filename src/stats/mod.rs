@@ -150,6 +150,12 @@ pub struct Report {
     /// Guest writes each port device took from KVM's coalesced ring: not
     /// exits, never counted as exits (added within version 2).
     pub coalesced_pio_per_device: BTreeMap<String, u64>,
+    /// `running`, `paused` (PUT vm.pause) or `stopped` (the final report);
+    /// added within version 2.
+    pub state: &'static str,
+    /// Of `wall_time_ms`, the time the VM spent paused: rates over running
+    /// time divide by `wall_time_ms - paused_ms` (added within version 2).
+    pub paused_ms: u64,
 }
 
 fn kinds_map(exits: &[u64; EXIT_KINDS.len()]) -> BTreeMap<&'static str, u64> {
@@ -205,6 +211,11 @@ impl Report {
         r.exits = kinds_map(&totals);
         r
     }
+}
+
+/// `--stats-series DIR`: the file of report number `sequence`.
+pub fn series_file(dir: &std::path::Path, sequence: u64) -> std::path::PathBuf {
+    dir.join(format!("{sequence:06}.json"))
 }
 
 /// Everything a report is built from besides the vCPU snapshots; the same
