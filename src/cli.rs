@@ -64,6 +64,10 @@ pub struct TestArgs {
     /// Progress line on stderr: auto (when stderr is a terminal), always, never.
     #[arg(long, value_name = "WHEN", default_value = "auto")]
     pub progress: String,
+    /// Give every case's VM an API socket, DIR/CASE.sock (a case's own
+    /// `api_socket` key wins), for `splitvm top` or curl (docs/api.md).
+    #[arg(long, value_name = "DIR")]
+    pub api_sockets: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

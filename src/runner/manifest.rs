@@ -33,6 +33,9 @@ pub struct Case {
     /// Start from this snapshot directory instead of booting
     /// (docs/snapshot.md); the runner takes it first if it is missing.
     pub snapshot: Option<PathBuf>,
+    /// Serve this case's VM API on this socket (`--api-socket`,
+    /// docs/api.md); only in a case, never from `[defaults]`.
+    pub api_socket: Option<PathBuf>,
 }
 
 /// A manifest error: `file:line: message`.
@@ -97,6 +100,7 @@ struct RawCase {
     timeout: Option<Spanned<Number>>,
     expect: Option<Spanned<i64>>,
     snapshot: Option<Spanned<String>>,
+    api_socket: Option<Spanned<String>>,
 }
 
 /// The longest a case may run.
@@ -228,6 +232,17 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Vec<Case>, ManifestEr
                 c.$f.as_ref().or(defaults.$f.as_ref())
             };
         }
+        if let Some(s) = &defaults.api_socket {
+            return ctx.err(
+                s.span(),
+                "key 'api_socket': one socket per case; give it in a case, or use `splitvm test --api-sockets DIR`".into(),
+            );
+        }
+        let api_socket = c
+            .api_socket
+            .as_ref()
+            .map(|s| ctx.path("api_socket", &who, s))
+            .transpose()?;
         let snapshot = pick!(snapshot)
             .map(|s| ctx.path("snapshot", &who, s))
             .transpose()?;
@@ -404,6 +419,7 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Vec<Case>, ManifestEr
             timeout,
             expect,
             snapshot,
+            api_socket,
         });
     }
     Ok(cases)
@@ -451,6 +467,22 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(cases[0].snapshot, Some(PathBuf::from("/snaps/one")));
+    }
+
+    #[test]
+    fn an_api_socket_belongs_to_one_case_never_to_the_defaults() {
+        let cases = check(&format!(
+            "[[case]]\nname = 'a'\nkernel = '{KERNEL}'\ncommand = 'true'\napi_socket = 'run/a.sock'\n"
+        ))
+        .unwrap();
+        assert_eq!(cases[0].api_socket, Some(PathBuf::from("/run/a.sock")));
+        let e = err(&format!(
+            "[defaults]\napi_socket = 'x.sock'\n[[case]]\nname = 'a'\nkernel = '{KERNEL}'\ncommand = 'true'\n"
+        ));
+        assert!(
+            e.contains("m.toml:2: key 'api_socket': one socket per case"),
+            "{e}"
+        );
     }
 
     #[test]

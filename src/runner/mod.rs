@@ -97,7 +97,7 @@ pub fn run_args(case: &Case, dir: &Path, default_cmdline: &str) -> Vec<String> {
 
 /// Timeout, console log, exit report, no progress line.
 fn report_args(case: &Case, dir: &Path) -> Vec<String> {
-    vec![
+    let mut a = vec![
         "--timeout".into(),
         case.timeout.to_string(),
         "--serial".into(),
@@ -106,7 +106,11 @@ fn report_args(case: &Case, dir: &Path) -> Vec<String> {
         dir.join("report.json").display().to_string(),
         "--progress".into(),
         "never".into(),
-    ]
+    ];
+    if let Some(s) = &case.api_socket {
+        a.extend(["--api-socket".into(), s.display().to_string()]);
+    }
+    a
 }
 
 /// The machine of `case`: kernel, initrd, vCPUs, memory, command line, disks.
@@ -318,6 +322,13 @@ pub fn run(args: &TestArgs) -> Result<i32, String> {
     let mut cases = manifest::shard(&cases, k, n);
     if let Some(f) = &args.filter {
         cases.retain(|c| c.name.contains(f.as_str()));
+    }
+    if let Some(dir) = &args.api_sockets {
+        fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create --api-sockets '{}': {e}", dir.display()))?;
+        for c in cases.iter_mut().filter(|c| c.api_socket.is_none()) {
+            c.api_socket = Some(dir.join(format!("{}.sock", c.name)));
+        }
     }
     if args.list {
         for c in &cases {
@@ -610,6 +621,7 @@ mod tests {
             timeout: 9.0,
             expect: 3,
             snapshot: None,
+            api_socket: None,
         }
     }
 
@@ -650,6 +662,24 @@ mod tests {
         }
         assert!(a.windows(2).any(|w| w == ["--timeout", "9"]));
         assert_eq!(a[a.len() - 4..], ["--", "sh", "-c", "exit 3"]);
+    }
+
+    #[test]
+    fn a_case_with_an_api_socket_serves_it_booted_or_restored() {
+        for snapshot in [None, Some("/snap".into())] {
+            let case = Case {
+                snapshot,
+                api_socket: Some("/s/a.sock".into()),
+                ..full_case()
+            };
+            let a = run_args(&case, Path::new("/out/a"), "console=ttyS0");
+            assert!(
+                a.windows(2).any(|w| w == ["--api-socket", "/s/a.sock"]),
+                "{a:?}"
+            );
+        }
+        let a = run_args(&full_case(), Path::new("/out/a"), "console=ttyS0");
+        assert!(!a.iter().any(|x| x == "--api-socket"));
     }
 
     #[test]
