@@ -49,7 +49,7 @@ cache_root_outside() {
 #   md5sum                coreutils      snapshot disk checksums
 TEST_TOOLS=(as:binutils ld:binutils unshare:util-linux setpriv:util-linux
             mount:mount umount:mount ip:iproute2
-            qemu-storage-daemon:qemu-system-common
+            qemu-storage-daemon:qemu-system-common curl:curl tmux:tmux
             iasl:acpica-tools md5sum:coreutils)
 
 # The packages of TEST_TOOLS whose command is missing (one per line, once).

@@ -30,6 +30,10 @@ pub enum Command {
     /// APIC edge and level, MSI, MSI-X, IPI, LAPIC timer) in each irqchip
     /// mode: exits and latency side by side (docs/interrupt-paths.md).
     Paths(crate::paths::PathsArgs),
+    /// A live view of a running VM's exits by reason, device, interrupt
+    /// source and vCPU, from its API socket, as kvm_stat shows KVM's
+    /// (docs/top.md).
+    Top(crate::top::TopArgs),
 }
 
 #[derive(Args, Debug)]

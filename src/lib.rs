@@ -24,6 +24,7 @@ pub mod sources;
 pub mod startup;
 pub mod stats;
 pub mod svg;
+pub mod top;
 pub mod trace;
 pub mod vcpu;
 pub mod virtio_setup;

@@ -357,3 +357,141 @@ fn an_existing_file_that_is_not_a_socket_is_refused_and_kept() {
     assert!(err.contains("not a socket"), "{err}");
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "data");
 }
+
+/// `splitvm top SOCKET ARGS...` to its end: (status, stdout, stderr).
+fn top(sock: &Path, args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_splitvm"))
+        .arg("top")
+        .arg(sock)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn top_batch_and_csv_log_show_the_command_channel_moving() {
+    let vm = Vm::restore("top", snapshot(), Some(&counting_command(50, "0.2", 4)));
+    // -1: one interval as plain text; the guest's output port is busy.
+    let (status, out, err) = top(&vm.sock, &["-1"]);
+    assert_eq!(status, 0, "{err}");
+    assert!(out.starts_with("state running"), "{out}");
+    let row = |name: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} row in:\n{out}"))
+            .to_string()
+    };
+    let stdout_port = row("cmd-stdout+cmd-control");
+    let delivered: f64 = stdout_port
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(delivered > 0.0, "{stdout_port}");
+    assert!(
+        out.lines().any(|l| l.starts_with("pio cmd-stdout ")),
+        "{out}"
+    );
+    // -L FILE -c: a CSV header of the filtered fields, one line per interval.
+    let csv = vm.dir.join("top.csv");
+    let (status, _, err) = top(
+        &vm.sock,
+        &[
+            "-L",
+            csv.to_str().unwrap(),
+            "-c",
+            "--count",
+            "3",
+            "-s",
+            "0.5",
+            "-f",
+            "cmd-stdout",
+        ],
+    );
+    assert_eq!(status, 0, "{err}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    let header: Vec<&str> = lines[0].split(',').collect();
+    assert_eq!(header[0], "timestamp");
+    assert!(
+        header[1..].iter().all(|h| h.contains("cmd-stdout")),
+        "{header:?}"
+    );
+    assert!(header.contains(&"pio cmd-stdout"), "{header:?}");
+    let col = header
+        .iter()
+        .position(|h| *h == "irq cmd-stdout+cmd-control")
+        .unwrap();
+    let mut moved = 0.0;
+    for l in &lines[1..] {
+        let f: Vec<&str> = l.split(',').collect();
+        assert_eq!(f.len(), header.len(), "{l}");
+        moved += f[col].parse::<f64>().unwrap();
+    }
+    assert!(moved > 0.0, "{text}");
+    // A filter that is not a regex is one line and status 1.
+    let (status, _, err) = top(&vm.sock, &["-1", "-f", "("]);
+    assert_eq!(status, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let (status, stdout, stderr, _, _) = vm.finish();
+    assert_eq!((status, stdout), (4, expected_lines(50)), "{stderr}");
+}
+
+#[test]
+fn top_in_a_terminal_shows_the_rows_and_quits_on_q() {
+    let vm = Vm::restore("top-tty", snapshot(), Some(&counting_command(50, "0.2", 5)));
+    let session = format!("splitvm-top-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        let o = Command::new("tmux")
+            .args(args)
+            .output()
+            .expect("tmux (scripts/setup.sh installs it)");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let cmd = format!(
+        "{} top {}",
+        env!("CARGO_BIN_EXE_splitvm"),
+        vm.sock.display()
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "110",
+        "-y",
+        "36",
+        &cmd,
+    ]);
+    let screen = || tmux(&["capture-pane", "-p", "-t", &session]);
+    let t = Instant::now();
+    let mut s = screen();
+    while !s.contains("cmd-stdout+cmd-control") && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(300));
+        s = screen();
+    }
+    assert!(s.contains("Interrupt sources"), "{s}");
+    assert!(s.contains("state running"), "{s}");
+    // x: the source's vector appears under it.
+    tmux(&["send-keys", "-t", &session, "x"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let s = screen();
+    assert!(s.contains("  vector 0x"), "{s}");
+    tmux(&["send-keys", "-t", &session, "q"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let alive = tmux(&["list-sessions"]).contains(&session);
+    if alive {
+        tmux(&["kill-session", "-t", &session]);
+    }
+    assert!(!alive, "top did not quit on q");
+    let (status, stdout, stderr, _, _) = vm.finish();
+    assert_eq!((status, stdout), (5, expected_lines(50)), "{stderr}");
+}
