@@ -34,6 +34,10 @@ pub enum Command {
     /// source and vCPU, from its API socket, as kvm_stat shows KVM's
     /// (docs/top.md).
     Top(crate::top::TopArgs),
+    /// A picture of a run: `REPORT.json --svg OUT.svg` draws its exits by
+    /// interrupt source and device; `--stats-series DIR --svg OUT.svg` the
+    /// timeline of exits per source over the run (docs/report.md).
+    Report(crate::picture::ReportArgs),
 }
 
 #[derive(Args, Debug)]

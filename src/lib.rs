@@ -16,6 +16,7 @@ pub mod loader;
 pub mod logger;
 pub mod output;
 pub mod paths;
+pub mod picture;
 pub mod runner;
 pub mod seccomp;
 pub mod signals;

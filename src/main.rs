@@ -53,6 +53,13 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Report(args) => match splitvm::picture::run(&args) {
+            Ok(status) => ExitCode::from(status as u8),
+            Err(e) => {
+                eprintln!("splitvm report: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Top(args) => match splitvm::top::run(&args) {
             Ok(status) => ExitCode::from(status as u8),
             Err(e) => {

@@ -55,14 +55,20 @@ pub fn bar_chart(title: &str, subtitle: &str, series: &[String], panels: &[Panel
     const PANEL_W: f64 = 330.0;
     /// Room right of a panel's bars for their labels.
     const LABEL_ROOM: f64 = 130.0;
-    const LABEL_W: f64 = 110.0;
+    // Room for the longest row label (about 6.5 px a character at 11 px).
+    let longest = panels
+        .iter()
+        .flat_map(|p| p.groups.iter().map(|(l, _)| l.chars().count()))
+        .max()
+        .unwrap_or(0);
+    let label_w = (longest as f64 * 6.5 + 16.0).max(110.0);
     const BAR_H: f64 = 14.0;
     const GAP: f64 = 10.0;
     let groups = panels.iter().map(|p| p.groups.len()).max().unwrap_or(0);
     let group_h = BAR_H * series.len().max(1) as f64 + GAP;
     let top = 78.0;
     let height = top + group_h * groups as f64 + 40.0;
-    let width = LABEL_W + (PANEL_W + LABEL_ROOM) * panels.len() as f64 + 20.0;
+    let width = label_w + (PANEL_W + LABEL_ROOM) * panels.len() as f64 + 20.0;
     let mut s = String::new();
     open(&mut s, width, height, title, subtitle);
     for (i, name) in series.iter().enumerate() {
@@ -76,7 +82,7 @@ pub fn bar_chart(title: &str, subtitle: &str, series: &[String], panels: &[Panel
         );
     }
     for (pi, p) in panels.iter().enumerate() {
-        let x0 = LABEL_W + (PANEL_W + LABEL_ROOM) * pi as f64;
+        let x0 = label_w + (PANEL_W + LABEL_ROOM) * pi as f64;
         let values = || {
             p.groups
                 .iter()
@@ -137,7 +143,7 @@ pub fn bar_chart(title: &str, subtitle: &str, series: &[String], panels: &[Panel
                 let _ = writeln!(
                     s,
                     r##"<text x="{:.0}" y="{:.1}" text-anchor="end">{}</text>"##,
-                    LABEL_W - 8.0,
+                    label_w - 8.0,
                     gy + group_h / 2.0,
                     esc(label)
                 );
