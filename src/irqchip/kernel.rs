@@ -30,9 +30,9 @@ use devices::pic::PicRegisters;
 use devices::sync::WarnOnce;
 use devices::IrqLine;
 
+use super::router::GsiRouter;
 use super::{IrqChip, IrqChipMode, IrqChipState, PinCounts, Routes, Userspace};
 use crate::error::{Error, Result};
-use crate::vm::GsiRouter;
 
 /// The I/O APIC pin GSI `gsi` reaches (module docs).
 pub(super) fn pin_of(gsi: u32) -> usize {

@@ -18,6 +18,7 @@
 //! pin n alone. MSI and MSI-X vectors own GSIs from 24 up.
 
 pub mod kernel;
+pub mod router;
 pub mod split;
 
 use std::sync::{Arc, Mutex};
@@ -59,12 +60,12 @@ pub fn gsi_pin(gsi: u32) -> usize {
 /// The GSI routing table (src/vm.rs) and the GSIs MSI vectors take from
 /// 24 up: the part of the irqchip that is the same in both modes.
 pub struct Routes {
-    pub router: Arc<crate::vm::GsiRouter>,
+    pub router: Arc<router::GsiRouter>,
     pub msi_gsis: SharedGsiAllocator,
 }
 
 impl Routes {
-    pub fn new(router: Arc<crate::vm::GsiRouter>) -> Routes {
+    pub fn new(router: Arc<router::GsiRouter>) -> Routes {
         Routes {
             router,
             msi_gsis: devices::interrupt::GsiAllocator::shared(

@@ -21,9 +21,9 @@ use devices::pic::{Pic, PicRegisters};
 use devices::sync::lock;
 use devices::{IrqLine, MsiRouting};
 
+use super::router::GsiRouter;
 use super::{IrqChip, IrqChipMode, IrqChipState, PinCounts, Routes, Userspace};
 use crate::error::{Error, Result};
-use crate::vm::GsiRouter;
 
 pub struct SplitIrqChip {
     routes: Routes,

@@ -5,6 +5,7 @@
 
 use std::cell::Cell;
 use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -12,13 +13,20 @@ use std::time::{Duration, Instant};
 use devices::channel::{Channel, ControlPort};
 use devices::{Bus, ExitReason, VmControl};
 
-use super::platform::Console;
 use crate::irqchip::IrqChip;
 use crate::snapshot::{self, pause::Pause, HostCpu, Machine};
 use crate::sources::SourceRegistry;
 use crate::stats::{VcpuCounters, VcpuStats};
 use crate::trace::Tracer;
 use crate::virtio_setup;
+
+/// The guest's console: its last line (progress), its tail (why a command
+/// got no status) and whether it printed a kernel panic.
+pub(super) struct Console {
+    pub(super) last_line: Arc<Mutex<String>>,
+    pub(super) tail: Arc<Mutex<std::collections::VecDeque<String>>>,
+    pub(super) panicked: Arc<AtomicBool>,
+}
 
 /// How long the vCPUs get to park for a pause or a snapshot.
 const PARK_TIMEOUT: Duration = Duration::from_secs(10);

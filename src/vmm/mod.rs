@@ -157,6 +157,7 @@ fn run_machine(
         pause: Arc::new(Pause::new(vcpus.len(), msr_indices)),
     };
     let (ring, coalesced_io) = platform::coalesce_uarts(cfg, &kvm, &vm_fd, &platform.uarts, &vcpus);
+    supervisor::install_stop_signals()?;
     let mut running = platform.start(cfg, vcpus, &mem, snap, ring)?;
     running.coalesced_io = coalesced_io;
     running.tsc_khz = tsc_khz;

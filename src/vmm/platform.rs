@@ -27,7 +27,7 @@ use devices::sync::lock;
 use devices::testdev::{self, DebugExit, IrqLines, MsiTestPort, Scratch};
 use devices::{fwcfg::FwCfg, Bus, BusDevice, VmControl};
 
-use super::control::{Running, SnapshotSetup};
+use super::control::{Console, Running, SnapshotSetup};
 use crate::config::{SerialDest, VmConfig};
 use crate::error::{Error, Result};
 use crate::irqchip::{IrqChip, IrqChipMode};
@@ -101,14 +101,6 @@ pub(super) fn coalesce_uarts(
         }
     }
     (Some(ring), "on")
-}
-
-/// The guest's console: its last line (progress), its tail (why a command
-/// got no status) and whether it printed a kernel panic.
-pub(super) struct Console {
-    pub(super) last_line: Arc<Mutex<String>>,
-    pub(super) tail: Arc<Mutex<std::collections::VecDeque<String>>>,
-    pub(super) panicked: Arc<AtomicBool>,
 }
 
 /// Stage 1: the machine, every device placed once (on its bus range, with
@@ -446,7 +438,6 @@ impl Platform {
                 msg: e.to_string(),
             }
         })?;
-        super::supervisor::install_stop_signals()?;
         let pio = Arc::new(self.pio);
         let mmio = Arc::new(self.mmio);
         let coalesced = ring.map(|r| Arc::new(crate::coalesced::Coalesced::new(r, pio.clone())));
