@@ -595,7 +595,7 @@ fn restore_and_signal(
     (o, out)
 }
 
-/// SIGUSR2 prints what the guest is doing (src/forensics.rs) without
+/// SIGUSR2 prints what the guest is doing (src/forensics/) without
 /// disturbing it: the command runs on to its own status and output.
 #[test]
 fn sigusr2_prints_a_running_linux_guests_state_and_its_command_still_ends_with_its_status() {

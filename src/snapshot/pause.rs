@@ -8,7 +8,7 @@
 //! anywhere and no IPI is in flight, does each save its state
 //! ([`Pause::capture`]); then they wait for [`Pause::resume`].
 //!
-//! The same pause serves a stuck-guest report (src/forensics.rs): the
+//! The same pause serves a stuck-guest report (src/forensics/): the
 //! vCPUs' state is read the same way, and with it the bytes of the
 //! instruction at each RIP.
 

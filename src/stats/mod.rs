@@ -125,7 +125,7 @@ pub struct Report {
     pub host: Option<HostReport>,
     /// Exits KVM was told not to take (KVM_CAP_X86_DISABLE_EXITS).
     pub disable_exits: Vec<String>,
-    /// Per interrupt source (see src/sources.rs).
+    /// Per interrupt source (see src/sources/).
     pub sources: Vec<SourceReport>,
     /// EOI exits no level pin carried the vector of at the time.
     pub eoi_exits_unattributed: u64,
@@ -139,7 +139,7 @@ pub struct Report {
     /// Startup timing (src/startup.rs).
     pub startup: crate::startup::StartupReport,
     /// The last stuck-guest report of the run (a timeout, SIGTERM/SIGINT
-    /// or SIGUSR2; src/forensics.rs), null when none was taken.
+    /// or SIGUSR2; src/forensics/), null when none was taken.
     pub stuck: Option<crate::forensics::StuckReport>,
     /// The guest TSC's rate in kHz (KVM_GET_TSC_KHZ; added within version
     /// 2): what a guest's own TSC timings convert with.

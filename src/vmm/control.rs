@@ -187,7 +187,7 @@ impl Running {
         Ok(())
     }
 
-    /// A stuck-guest report (src/forensics.rs), printed on stderr: the
+    /// A stuck-guest report (src/forensics/), printed on stderr: the
     /// vCPUs park as for a snapshot, read their state, and run on (a
     /// paused VM's are read where they are parked).
     pub(super) fn take_stuck(

@@ -29,7 +29,7 @@ static PANICKED: Mutex<Option<String>> = Mutex::new(None);
 /// SIGUSR1 with `--snapshot-on-signal`: the supervisor takes a snapshot.
 static SNAPSHOT_SIGNALLED: AtomicBool = AtomicBool::new(false);
 
-/// SIGUSR2: print a stuck-guest report (src/forensics.rs); the VM goes on.
+/// SIGUSR2: print a stuck-guest report (src/forensics/); the VM goes on.
 static STUCK_SIGNALLED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_terminate(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
