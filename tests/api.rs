@@ -495,3 +495,59 @@ fn top_in_a_terminal_shows_the_rows_and_quits_on_q() {
     let (status, stdout, stderr, _, _) = vm.finish();
     assert_eq!((status, stdout), (5, expected_lines(50)), "{stderr}");
 }
+
+#[test]
+fn splitvm_test_gives_each_case_an_api_socket_on_request() {
+    let dir = scratch("runner");
+    let manifest = dir.join("m.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[defaults]\nsnapshot = '{}'\ntimeout = 200\n\n[[case]]\nname = 'counted'\ncommand = \"{}\"\nexpect = 6\n",
+            snapshot().display(),
+            counting_command(40, "0.2", 6)
+        ),
+    )
+    .unwrap();
+    let socks = dir.join("socks");
+    let mut runner = Command::new(env!("CARGO_BIN_EXE_splitvm"))
+        .arg("test")
+        .arg(&manifest)
+        .arg("--output")
+        .arg(dir.join("out"))
+        .arg("--api-sockets")
+        .arg(&socks)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sock = socks.join("counted.sock");
+    let t = Instant::now();
+    while UnixStream::connect(&sock).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no socket for the case"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = raw(
+        &sock,
+        b"GET /api/v1/vm.info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    let info: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        info["config"]["restored_from"],
+        snapshot().display().to_string()
+    );
+    assert!(runner.wait().unwrap().success());
+    let mut out = String::new();
+    runner
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(out.contains("1 pass"), "{out}");
+    assert!(!sock.exists(), "the case's socket outlived its VM");
+}
