@@ -44,15 +44,11 @@ die() { log "error: $*"; exit 1; }
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 ensure_packages linux-perf
-if [ -z "$SPLITVM" ]; then
-    cargo build --release --quiet
-    SPLITVM="${CARGO_TARGET_DIR:-target}/release/splitvm"
-fi
 WORK="$(mktemp -d /tmp/splitvm-bench-coalesced.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
-cp "$SPLITVM" "$WORK/splitvm"
-KERNEL=${SPLITVM_GUEST_KERNEL:-$(scripts/build-guest-kernel.sh | tail -n1)}
-INITRD=${SPLITVM_GUEST_INITRD:-$(scripts/build-initramfs.sh | tail -n1)}
+splitvm_copy "$WORK" >/dev/null
+KERNEL=$(guest_kernel)
+INITRD=$(guest_initrd)
 
 export BCI_WORK="$WORK" BCI_N="$N" BCI_REPS="$REPS" BCI_FORMS="$FORMS" \
     BCI_KERNEL="$KERNEL" BCI_INITRD="$INITRD"

@@ -32,13 +32,11 @@ tmp=$(mktemp -d /tmp/splitvm-bench-snapshot.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 trap 'exit 130' INT TERM
 
-if [[ -z "${SPLITVM:-}" ]]; then
-    cargo build --release --quiet
-    SPLITVM=target/release/splitvm
-fi
-cp "$SPLITVM" "$tmp/splitvm"
-kernel=${KERNEL:-$(scripts/build-guest-kernel.sh | tail -n1)}
-initrd=${INITRD:-$(scripts/build-initramfs.sh | tail -n1)}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+splitvm_copy "$tmp" >/dev/null
+kernel=$(guest_kernel)
+initrd=$(guest_initrd)
 
 export BENCH_TMP="$tmp" BENCH_BIN="$tmp/splitvm" BENCH_KERNEL="$kernel" BENCH_INITRD="$initrd" \
     BENCH_RESTORES="$restores" BENCH_BOOTS="$boots"

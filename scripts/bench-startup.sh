@@ -50,12 +50,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if [[ -z "${SPLITVM:-}" ]]; then
-    cargo build --release --quiet
-    SPLITVM=target/release/splitvm
-fi
-# A private copy: other builds may replace target/release/splitvm meanwhile.
-cp "$SPLITVM" "$tmp/splitvm"
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+splitvm_copy "$tmp" >/dev/null
 hello=target/micro-guests/hello.elf
 [[ -f "$hello" ]] || { echo "bench-startup: missing $hello (cargo build builds it)" >&2; exit 1; }
 

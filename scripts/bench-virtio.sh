@@ -12,11 +12,13 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-cargo build --release --quiet
-kernel=$(scripts/build-guest-kernel.sh | tail -n1)
-initrd=$(scripts/build-initramfs.sh | tail -n1)
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+bin=$(splitvm_copy "$work")
+kernel=$(guest_kernel)
+initrd=$(guest_initrd)
 
 # Requests the guest makes: 1024 reads of 4 KiB, 256 writes of 4 KiB, a flush.
 workload='dd if=/dev/vda of=/dev/null bs=4096 count=1024 iflag=direct 2>/dev/null; dd if=/dev/zero of=/dev/vda bs=4096 count=256 oflag=direct 2>/dev/null; sync; echo BENCH-DONE'
@@ -30,7 +32,7 @@ for transport in pci mmio; do
         extra=""
         [[ $mode == work ]] && extra="splitvm.run64=$run64"
         status=0
-        target/release/splitvm run --kernel "$kernel" --initrd "$initrd" \
+        "$bin" run --kernel "$kernel" --initrd "$initrd" \
             --cmdline "$(scripts/guest-cmdline.sh) $extra" --memory 128M \
             --disk "$work/disk.img" --transport "$transport" \
             --serial "file:$work/$transport-$mode.log" --stats-json "$work/$transport-$mode.json" \

@@ -1,4 +1,5 @@
-# Shared by the build scripts (source it after defining log() and die()).
+# Shared by the build and benchmark scripts (source it after defining log()
+# and die(); the helpers below need neither).
 
 # Run a command as root: directly, or through password-less sudo.
 as_root() {
@@ -47,6 +48,8 @@ cache_root_outside() {
 #                         failing disk's FUSE export (tests/host_faults.rs)
 #   iasl                  acpica-tools   the DSDT disassembly test
 #   md5sum                coreutils      snapshot disk checksums
+#   curl                  curl           the API socket's tests (tests/api.rs)
+#   tmux                  tmux           `splitvm top`'s terminal view (tests/api.rs)
 TEST_TOOLS=(as:binutils ld:binutils unshare:util-linux setpriv:util-linux
             mount:mount umount:mount ip:iproute2
             qemu-storage-daemon:qemu-system-common curl:curl tmux:tmux
@@ -58,4 +61,27 @@ missing_test_packages() {
     for t in "${TEST_TOOLS[@]}"; do
         command -v "${t%%:*}" >/dev/null 2>&1 || printf '%s\n' "${t#*:}"
     done | sort -u
+}
+
+# The splitvm a script runs, copied into DIR (other builds may replace
+# target/release/splitvm meanwhile): $SPLITVM if set, else a release build.
+# Prints the copy's path.
+splitvm_copy() {
+    local dir=$1 bin=${SPLITVM:-}
+    if [[ -z $bin ]]; then
+        cargo build --release --quiet >&2
+        bin="${CARGO_TARGET_DIR:-target}/release/splitvm"
+    fi
+    cp "$bin" "$dir/splitvm"
+    printf '%s\n' "$dir/splitvm"
+}
+
+# The project's guest kernel and initramfs: $KERNEL / $INITRD, else
+# $SPLITVM_GUEST_KERNEL / $SPLITVM_GUEST_INITRD, else what the build
+# scripts print (they build what is missing).
+guest_kernel() {
+    printf '%s\n' "${KERNEL:-${SPLITVM_GUEST_KERNEL:-$(scripts/build-guest-kernel.sh | tail -n1)}}"
+}
+guest_initrd() {
+    printf '%s\n' "${INITRD:-${SPLITVM_GUEST_INITRD:-$(scripts/build-initramfs.sh | tail -n1)}}"
 }

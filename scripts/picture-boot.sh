@@ -7,12 +7,13 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${1:-docs/pictures}
-cargo build --release --quiet
-SPLITVM=target/release/splitvm
-KERNEL=${SPLITVM_GUEST_KERNEL:-$(scripts/build-guest-kernel.sh | tail -n1)}
-INITRD=${SPLITVM_GUEST_INITRD:-$(scripts/build-initramfs.sh | tail -n1)}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
+SPLITVM=$(splitvm_copy "$WORK")
+KERNEL=$(guest_kernel)
+INITRD=$(guest_initrd)
 mkdir -p "$OUT"
 "$SPLITVM" run --kernel "$KERNEL" --initrd "$INITRD" --serial none \
     --cmdline "$(scripts/guest-cmdline.sh)" --timeout 300 \

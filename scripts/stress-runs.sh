@@ -44,13 +44,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if [[ -z "${SPLITVM:-}" ]]; then
-    cargo build --release --quiet
-    SPLITVM=target/release/splitvm
-fi
-cp "$SPLITVM" "$tmp/splitvm"
-kernel=${KERNEL:-$(scripts/build-guest-kernel.sh | tail -n1)}
-initrd=${INITRD:-$(scripts/build-initramfs.sh | tail -n1)}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+splitvm_copy "$tmp" >/dev/null
+kernel=$(guest_kernel)
+initrd=$(guest_initrd)
 
 ip netns add "$ns"
 ip -n "$ns" link set lo up

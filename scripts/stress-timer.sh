@@ -31,10 +31,6 @@ die() { log "error: $*"; exit 1; }
 source scripts/lib.sh
 ensure_packages qemu-system-x86
 
-if [[ -z "${SPLITVM:-}" ]]; then
-    cargo build --release --quiet
-    SPLITVM="${CARGO_TARGET_DIR:-target}/release/splitvm"
-fi
 guest="${CARGO_TARGET_DIR:-target}/micro-guests/timer_stress.elf"
 [[ -f "$guest" ]] || die "$guest missing (cargo build builds it)"
 tmp=$(mktemp -d /tmp/splitvm-stress-timer.XXXXXX)
@@ -45,7 +41,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-cp "$SPLITVM" "$tmp/splitvm"
+splitvm_copy "$tmp" >/dev/null
 cp "$guest" "$tmp/guest.elf"
 for ((h = 0; h < hogs; h++)); do
     ( while :; do :; done ) &

@@ -408,7 +408,10 @@ impl ApiServer {
     /// Supervisor side: wait up to `d` for a request (an idle VM's loop
     /// sleeps here).
     pub fn wait(&self, d: Duration) {
+        // One taken and not yet answered (the VM is stopping: stop()
+        // answers it): just sleep, never spin.
         if self.pending.borrow().is_some() {
+            std::thread::sleep(d);
             return;
         }
         if let Ok(c) = self.rx.recv_timeout(d) {
@@ -425,11 +428,9 @@ impl ApiServer {
     /// flight go out, the thread ends and the socket file goes.
     pub fn stop(&self) {
         self.stop.notify_one();
-        let mut answered = 0;
         loop {
             while let Some(c) = self.next_call() {
                 c.reply(Err(ApiError::new(503, "the VM is stopping")));
-                answered += 1;
             }
             let finished = self
                 .thread
@@ -444,7 +445,6 @@ impl ApiServer {
         if let Some(h) = self.thread.take() {
             let _ = h.join();
         }
-        let _ = answered;
         let _ = std::fs::remove_file(&self.path);
     }
 }
