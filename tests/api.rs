@@ -321,13 +321,30 @@ fn a_snapshot_through_the_api_restores_and_shutdown_ends_as_sigterm_with_the_rep
     assert_eq!((status, stdout), (9, expected_lines(30)), "{stderr}");
     // The API's snapshot ends that command from where it was: no `-- CMD`.
     let again = Vm::restore("snap-restored", &dest, None);
-    // ...and PUT vm.shutdown ends it as SIGTERM would, with the report.
-    std::thread::sleep(Duration::from_millis(500));
+    // ...and PUT vm.shutdown ends it as SIGTERM would, with the report,
+    // once the restored command has written to its stdout port (counts
+    // start at the restore).
+    let t = Instant::now();
+    loop {
+        let c = again.json("/api/v1/vm.counters");
+        let port = |k: &str| c[k]["cmd-stdout"].as_u64().unwrap_or(0);
+        // A few lines' bytes (each line is 3 or 4).
+        if port("pio_exits_per_device") + port("coalesced_pio_per_device") >= 12 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no output after the restore: {c}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (s, text) = again.put("/api/v1/vm.shutdown");
     assert_eq!(s, 204, "{text}");
     let (status, stdout, stderr, report, sock) = again.finish();
     assert_eq!(status, 143, "{stderr}");
-    let n: Vec<u32> = stdout.lines().map(|l| l.parse().unwrap()).collect();
+    // The shutdown may cut the last line short: whole lines only.
+    let whole = &stdout[..stdout.rfind('\n').map_or(0, |i| i + 1)];
+    let n: Vec<u32> = whole.lines().map(|l| l.parse().unwrap()).collect();
     assert!(
         !n.is_empty() && n[0] > 0,
         "restored output starts after the snapshot: {stdout}"
