@@ -48,11 +48,10 @@ cache_root_outside() {
 #                         failing disk's FUSE export (tests/host_faults.rs)
 #   iasl                  acpica-tools   the DSDT disassembly test
 #   md5sum                coreutils      snapshot disk checksums
-#   curl                  curl           the API socket's tests (tests/api.rs)
 #   tmux                  tmux           `splitvm top`'s terminal view (tests/api.rs)
 TEST_TOOLS=(as:binutils ld:binutils unshare:util-linux setpriv:util-linux
             mount:mount umount:mount ip:iproute2
-            qemu-storage-daemon:qemu-system-common curl:curl tmux:tmux
+            qemu-storage-daemon:qemu-system-common tmux:tmux
             iasl:acpica-tools md5sum:coreutils)
 
 # The packages of TEST_TOOLS whose command is missing (one per line, once).
