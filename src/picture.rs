@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde_json::Value;
 
+use crate::stats::sample::Sample;
 use crate::svg::{bar_chart, timeline, Bar, Panel};
 
 #[derive(Args, Debug)]
@@ -30,59 +31,47 @@ pub struct ReportArgs {
     pub top: usize,
 }
 
-fn read_json(p: &Path) -> Result<Value, String> {
+fn read_report(p: &Path) -> Result<Sample, String> {
     let text =
         std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{} is not a JSON report: {e}", p.display()))
-}
-
-fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or(0)
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not a JSON report: {e}", p.display()))?;
+    Ok(Sample::from_report(&v))
 }
 
 /// Each source's userspace exits (EOI and register exits), by name.
-fn source_exits(r: &Value) -> Vec<(String, u64)> {
-    r["sources"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| {
-            Some((
-                s["name"].as_str()?.to_string(),
-                s["userspace_exits"].as_u64()?,
-            ))
-        })
+fn source_exits(r: &Sample) -> Vec<(String, u64)> {
+    r.sources
+        .iter()
+        .filter_map(|s| Some((s.name.clone(), s.userspace_exits()?)))
         .collect()
 }
 
 /// The exit report's subtitle: what ran and how it ended.
-fn subtitle(r: &Value) -> String {
+fn subtitle(r: &Sample) -> String {
     format!(
         "{} userspace exits in {:.1} s ({} irqchip, coalesced I/O {}), ended: {}",
-        u(&r["total_exits"]),
-        u(&r["wall_time_ms"]).saturating_sub(u(&r["paused_ms"])) as f64 / 1e3,
-        r["irqchip"].as_str().unwrap_or("?"),
-        r["coalesced_io"].as_str().unwrap_or("?"),
-        r["exit_reason"].as_str().unwrap_or("?"),
+        r.total_exits,
+        r.running_secs(),
+        r.irqchip,
+        r.coalesced_io,
+        r.exit_reason,
     )
 }
 
 /// Bars: the `top` busiest sources and devices, the rest as "other".
-pub fn bars(r: &Value, top: usize) -> String {
+pub fn bars(r: &Sample, top: usize) -> String {
     let mut sources = source_exits(r);
     sources.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let mut devices: Vec<(String, u64, u64)> = Vec::new();
-    for (bus, key) in [
-        ("pio", "pio_exits_per_device"),
-        ("mmio", "mmio_exits_per_device"),
-    ] {
-        for (d, n) in r[key].as_object().into_iter().flatten() {
-            let coalesced = u(&r["coalesced_pio_per_device"][d.as_str()]);
-            devices.push((
-                format!("{bus} {d}"),
-                u(n),
-                if bus == "pio" { coalesced } else { 0 },
-            ));
+    for (name, &n) in &r.events {
+        if name.starts_with("pio ") || name.starts_with("mmio ") {
+            let coalesced = name
+                .strip_prefix("pio ")
+                .and_then(|d| r.events.get(&format!("coalesced {d}")))
+                .copied()
+                .unwrap_or(0);
+            devices.push((name.clone(), n, coalesced));
         }
     }
     devices.sort_by(|a, b| (b.1 + b.2).cmp(&(a.1 + a.2)).then(a.0.cmp(&b.0)));
@@ -128,7 +117,7 @@ pub fn bars(r: &Value, top: usize) -> String {
 }
 
 /// The reports of a `--stats-series` directory, in order.
-fn series(dir: &Path) -> Result<Vec<Value>, String> {
+fn series(dir: &Path) -> Result<Vec<Sample>, String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -142,7 +131,7 @@ fn series(dir: &Path) -> Result<Vec<Value>, String> {
             files.len()
         ));
     }
-    files.iter().map(|p| read_json(p)).collect()
+    files.iter().map(|p| read_report(p)).collect()
 }
 
 /// A timeline's series, sample times (s of running time) and rates.
@@ -151,7 +140,7 @@ type Rates = (Vec<String>, Vec<f64>, Vec<Vec<f64>>);
 /// Exits per second of running time between reports, by source (the
 /// busiest `top` at the end, then "other sources"), and the exits no
 /// source owns; the series add up to the total exit rate.
-pub fn timeline_rates(reports: &[Value], top: usize) -> Rates {
+pub fn timeline_rates(reports: &[Sample], top: usize) -> Rates {
     let Some(last) = reports.last() else {
         return Default::default();
     };
@@ -162,7 +151,7 @@ pub fn timeline_rates(reports: &[Value], top: usize) -> Rates {
     let mut series = keep.clone();
     series.push("other sources".into());
     series.push("no source (devices, halts, ...)".into());
-    let running = |r: &Value| u(&r["wall_time_ms"]).saturating_sub(u(&r["paused_ms"])) as f64 / 1e3;
+    let running = Sample::running_secs;
     // Cumulative counts per series at each report.
     let cumulative: Vec<Vec<u64>> = reports
         .iter()
@@ -174,7 +163,7 @@ pub fn timeline_rates(reports: &[Value], top: usize) -> Rates {
                 .collect();
             let all_sources: u64 = by.values().sum();
             let other = all_sources - mine.iter().sum::<u64>();
-            let unowned = u(&r["total_exits"]).saturating_sub(all_sources);
+            let unowned = r.total_exits.saturating_sub(all_sources);
             mine.into_iter().chain([other, unowned]).collect()
         })
         .collect();
@@ -192,7 +181,7 @@ pub fn timeline_rates(reports: &[Value], top: usize) -> Rates {
 }
 
 /// The timeline picture of a series of reports.
-pub fn timeline_of(reports: &[Value], top: usize) -> String {
+pub fn timeline_of(reports: &[Sample], top: usize) -> String {
     let (series, xs, ys) = timeline_rates(reports, top);
     let last = reports.last().cloned().unwrap_or_default();
     timeline(
@@ -207,7 +196,7 @@ pub fn timeline_of(reports: &[Value], top: usize) -> String {
 /// `splitvm report`: returns the process status.
 pub fn run(args: &ReportArgs) -> Result<i32, String> {
     let svg = match (&args.report, &args.stats_series) {
-        (Some(p), _) => bars(&read_json(p)?, args.top),
+        (Some(p), _) => bars(&read_report(p)?, args.top),
         (None, Some(dir)) => timeline_of(&series(dir)?, args.top),
         (None, None) => return Err("give a REPORT.json or --stats-series DIR".into()),
     };
@@ -221,18 +210,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn report(wall: u64, serial: u64, pit: u64, total: u64) -> Value {
-        json!({
+    fn report(wall: u64, serial: u64, pit: u64, total: u64) -> Sample {
+        Sample::from_report(&json!({
             "wall_time_ms": wall, "paused_ms": 0, "total_exits": total, "irqchip": "split",
             "coalesced_io": "on", "exit_reason": "running",
             "pio_exits_per_device": { "serial": serial, "pit": pit },
             "coalesced_pio_per_device": { "serial": 7 },
             "sources": [
-                { "name": "serial", "userspace_exits": serial },
-                { "name": "pit", "userspace_exits": pit },
-                { "name": "ipi", "userspace_exits": null }
+                { "name": "serial", "eoi_exits": 0, "pio_exits": serial, "mmio_exits": 0 },
+                { "name": "pit", "eoi_exits": 0, "pio_exits": pit, "mmio_exits": 0 },
+                { "name": "ipi", "in_kernel": true, "eoi_exits": null, "pio_exits": null }
             ]
-        })
+        }))
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 
 mod compare;
+pub mod sample;
 mod table;
 
 use crate::host::HostReport;
