@@ -104,14 +104,7 @@ mhandler:
     pop %ecx
     pop %edx
     pop %eax
-    push %eax
-    mov 4(%esp), %eax               /* eip */
-    xchg %eax, 12(%esp)             /* eip into the eflags slot */
-    mov %eax, 8(%esp)               /* eflags into the cs slot */
-    pop %eax
-    add $4, %esp
-    popfl
-    ret
+    IRET_FREE
 
 /* bucket(eax = cycles) -> eax = histogram index. */
 bucket:

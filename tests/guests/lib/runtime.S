@@ -290,16 +290,7 @@ isr_common:
     call apic_eoi
 3:  popa
     add $8, %esp
-    /* Stack: eip, cs, eflags.  Return with popfl + ret instead of iret
-     * (see iret_free below). */
-    push %eax
-    mov 4(%esp), %eax               /* eip */
-    xchg %eax, 12(%esp)             /* eip into the eflags slot */
-    mov %eax, 8(%esp)               /* eflags into the cs slot */
-    pop %eax
-    add $4, %esp
-    popfl
-    ret
+    IRET_FREE
 
 isr_stray:
     mov %eax, %ebx
