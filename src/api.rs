@@ -168,25 +168,16 @@ pub fn snapshot_destination(body: &[u8]) -> std::result::Result<PathBuf, ApiErro
 }
 
 fn json_response(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let json = !body.is_empty();
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    if !r.body().size_hint_is_zero() {
+    if json {
         r.headers_mut().insert(
             hyper::header::CONTENT_TYPE,
             hyper::header::HeaderValue::from_static("application/json"),
         );
     }
     r
-}
-
-trait SizeHintZero {
-    fn size_hint_is_zero(&self) -> bool;
-}
-
-impl SizeHintZero for Full<Bytes> {
-    fn size_hint_is_zero(&self) -> bool {
-        hyper::body::Body::size_hint(self).exact() == Some(0)
-    }
 }
 
 fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
