@@ -211,21 +211,17 @@ for path in PATHS:
     L.append(f"| {path} | " + " | ".join(cell(path, l, lambda r: f"{r[0]:.2f} ({r[1]:.2f} EOI)") for l in labels) + f" | {ratio} |")
 L += ["",
       "In brackets: the EOI exits among them (`kvm:kvm_userspace_exit` with reason 26,",
-      "KVM_EXIT_IOAPIC_EOI).",
-      "",
-      "## Latency: trigger to the handler's first instruction, ns (median / p99)",
-      "",
-      "| path | " + " | ".join(labels) + " |",
-      "| --- | " + " | ".join("---" for _ in labels) + " |"]
-for path in PATHS:
-    L.append(f"| {path} | " + " | ".join(cell(path, l, lambda r: f"{r[2]['latency_ns']['median']:,.0f} / {r[2]['latency_ns']['p99']:,.0f}") for l in labels) + " |")
-L += ["",
-      "## Handler to end of interrupt done, ns (median / p99)",
-      "",
-      "| path | " + " | ".join(labels) + " |",
-      "| --- | " + " | ".join("---" for _ in labels) + " |"]
-for path in PATHS:
-    L.append(f"| {path} | " + " | ".join(cell(path, l, lambda r: f"{r[2]['handler_to_eoi_ns']['median']:,.0f} / {r[2]['handler_to_eoi_ns']['p99']:,.0f}") for l in labels) + " |")
+      "KVM_EXIT_IOAPIC_EOI)."]
+for key, title in (("latency_ns", "Latency: trigger to the handler's first instruction"),
+                   ("handler_to_eoi_ns", "Handler to end of interrupt done")):
+    L += ["",
+          f"## {title}, ns (median / p99)",
+          "",
+          "| path | " + " | ".join(labels) + " |",
+          "| --- | " + " | ".join("---" for _ in labels) + " |"]
+    for path in PATHS:
+        ns = lambda r, key=key: f"{r[2][key]['median']:,.0f} / {r[2][key]['p99']:,.0f}"
+        L.append(f"| {path} | " + " | ".join(cell(path, l, ns) for l in labels) + " |")
 L += ["",
       "## splitvm's own view: `splitvm paths`",
       "",
