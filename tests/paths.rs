@@ -118,10 +118,15 @@ fn every_path_in_both_modes_costs_what_each_irqchip_must() {
 
 #[test]
 fn to_another_vcpu_the_level_pin_still_costs_one_eoi_exit_in_split_mode() {
-    // Three repetitions and their median (`--reps 3`): on kvm_pvm hosts KVM can retire an injected vector
-    // around injection (docs/host-limits.md), and under host load one run in
-    // a few then carries one re-delivery of the level pin, an extra EOI exit
-    // (1.033 per interrupt with 30 interrupts, seen once in a full suite).
+    // Three repetitions and their median (`--reps 3`). OPEN PROBLEM, not
+    // explained: about one run in ten (20 single runs on a quiet machine,
+    // 2026-12-07) carries one extra delivery of the level pin, 1.033 EOI
+    // exits per interrupt, and the median of three then fails too (seen in a
+    // clean-clone CI run at 76e9a3a). It is splitvm's own I/O APIC that
+    // delivers it: the run's report has the pin raised 30 times, delivered
+    // 31, 31 EOIs, and the guest lowered the line 31 times; so the line was
+    // high at an EOI with no new rising edge. Not a host limit until shown
+    // to be one; the expectation stays 1.0.
     let (r, _, _) = paths(&[
         "--reps",
         "3",
